@@ -1,0 +1,215 @@
+"""The `fedmed` command: a thin typer layer over library functions.
+
+Each command parses flags, calls one function of `fedmed.server`, `fedmed.client` or
+`fedmed.simulations`, and turns its errors into one clear line and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fedmed.common.federation import FederationConfig, parse_classes
+from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
+
+app = typer.Typer(
+    name="fedmed",
+    help="Federated learning for medical imaging across hospitals.\n\n"
+    "Example: fedmed demo",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Site data tools.\n\nExample: fedmed data synth --out demo-data", no_args_is_help=True)
+server_app = typer.Typer(help="The coordinator.\n\nExample: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1",
+                         no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(server_app, name="server")
+
+# Training options shared by `simulate` and `server start` (the coordinator decides them).
+Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
+Epochs = Annotated[int, typer.Option("--epochs", help="Local epochs per round at each site.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Local batch size.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Local learning rate.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd or adam.")]
+Model = Annotated[str, typer.Option("--model", help="cnn or resnet18.")]
+ImageSize = Annotated[int, typer.Option("--image-size", help="Model input side in pixels.")]
+Window = Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")]
+Classes = Annotated[str, typer.Option("--classes", help="Class names, in label order.")]
+MinSites = Annotated[int, typer.Option("--min-sites", help="Sites a round needs.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, initial weights and training.")]
+RoundTimeout = Annotated[float, typer.Option("--round-timeout", help="Seconds to wait for the sites in a round.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _window(text: Optional[str]) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        _fail(f"--window {text!r}: expected CENTER,WIDTH, e.g. -600,1500")
+    return center, width
+
+
+def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
+                min_sites, seed, round_timeout) -> FederationConfig:
+    try:
+        return FederationConfig(
+            rounds=rounds, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            model=model, image=ImageSettings(size=image_size, window=_window(window)),
+            classes=parse_classes(classes), min_sites=min_sites, seed=seed, round_timeout=round_timeout,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path("demo"),
+    rounds: Rounds = 5,
+    images_per_site: Annotated[int, typer.Option("--images-per-site")] = 240,
+) -> None:
+    """Synthetic DICOM for three hospitals, then a short federation on this machine.
+
+    Example: fedmed demo --out demo
+    """
+    from fedmed.simulations.demo import run_demo
+
+    status = run_demo(out, rounds=rounds, images_per_site=images_per_site)
+    raise typer.Exit(0 if status["status"] == "completed" else 1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write one sub-folder per site into.")],
+    sites: Annotated[str, typer.Option("--sites", help="Comma-separated site names.")] = "A,B,C",
+    images_per_site: Annotated[int, typer.Option("--images-per-site")] = 120,
+    seed: Seed = 0,
+) -> None:
+    """Write synthetic CT sites (DICOM + labels.csv) that differ like real scanners.
+
+    Example: fedmed data synth --out demo-data --sites A,B,C --images-per-site 120 --seed 0
+    """
+    from fedmed.simulations.synthetic_dicom import write_sites
+
+    names = [s.strip() for s in sites.split(",") if s.strip()]
+    if not names:
+        _fail("--sites: expected comma-separated site names, e.g. A,B,C")
+    if images_per_site < 1:
+        _fail(f"--images-per-site: expected at least 1, got {images_per_site}")
+    summary = write_sites(out, names, images_per_site=images_per_site, seed=seed)
+    for name, info in summary.items():
+        typer.echo(f"{name}: {info}")
+    typer.echo(f"wrote {len(summary)} site(s) under {out}")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Run folder for metrics, checkpoints and the final model.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Folder with one DICOM sub-folder per site.")] = None,
+    npz: Annotated[Optional[Path], typer.Option("--npz", help="MedMNIST-style .npz to split across sites.")] = None,
+    sites: Annotated[int, typer.Option("--sites", help="Number of sites for --npz.")] = 3,
+    partition: Annotated[str, typer.Option("--partition", help="iid, dirichlet:ALPHA or quantity:ALPHA (for --npz).")] = "iid",
+    state: Annotated[Optional[Path], typer.Option("--state", help="Sites' state folders go to STATE/<site>/.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Run on an existing Ray cluster.")] = None,
+    rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
+    optimizer: Optimizer = "adam", model: Model = "cnn", image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz).")] = None,
+    window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: Annotated[Optional[int], typer.Option("--min-sites", help="Sites a round needs (default: all).")] = None,
+    seed: Seed = 0, round_timeout: RoundTimeout = 1800.0,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run a federation on this machine with Flower's simulation engine.
+
+    Example: fedmed simulate --data demo/data --rounds 5 --out runs/sim1
+    Example: fedmed simulate --npz pneumoniamnist.npz --sites 3 --partition dirichlet:0.5 --out runs/pm
+    """
+    from fedmed.server import progress
+    from fedmed.simulations.runner import simulate as run_simulation
+    from fedmed.simulations.sites import dicom_sites, npz_sites
+
+    if (data is None) == (npz is None):
+        _fail("give exactly one of --data DIR or --npz FILE")
+    state_root = state or (out / "state")
+    try:
+        if data is not None:
+            site_list = dicom_sites(data, state_root)
+            size = image_size or 64
+        else:
+            from fedmed.client.sitedata import read_medmnist
+
+            size = image_size or int(read_medmnist(npz)["train"][0].shape[-1])
+            site_list = npz_sites(npz, sites, partition, seed, state_root)
+    except ValueError as exc:
+        _fail(str(exc))
+    config = _federation(rounds, epochs, batch_size, lr, optimizer, model, size, window, classes,
+                         min_sites or len(site_list), seed, round_timeout)
+    typer.echo(f"simulating {len(site_list)} site(s): {', '.join(s.name for s in site_list)}; "
+               f"{config.rounds} round(s) of {config.model}; outputs in {out}")
+    typer.echo(progress.header())
+    status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
+                            on_round=lambda r: typer.echo(progress.row(r)))
+    if status["status"] != "completed":
+        _fail(f"run failed: {status.get('reason')}", code=1)
+    typer.echo(f"done: metrics {out / 'metrics.jsonl'}, final model {out / 'model-final.pt'}")
+
+
+@server_app.command("start")
+def server_start(
+    out: Annotated[Path, typer.Option("--out", help="Run folder for metrics, checkpoints and the final model.")],
+    address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to.")] = "127.0.0.1:9092",
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS; binds to loopback only.")] = False,
+    rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
+    optimizer: Optimizer = "adam", model: Model = "cnn", image_size: ImageSize = 64,
+    window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
+    seed: Seed = 0, round_timeout: RoundTimeout = 1800.0,
+) -> None:
+    """Start the coordinator: run the federation's rounds and write the run folder.
+
+    Example: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1
+    """
+    from fedmed.server.deployment import DeploymentError, ServerOptions, start_server
+
+    config = _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
+                         min_sites, seed, round_timeout)
+    try:
+        code = start_server(ServerOptions(out_dir=out, config=config, address=address, insecure=insecure))
+    except (DeploymentError, ValueError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def client(
+    site: Annotated[str, typer.Option("--site", help="This site's name, as the coordinator will list it.")],
+    data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder (labels.csv or class sub-folders).")],
+    server: Annotated[str, typer.Option("--server", help="The coordinator's HOST:PORT.")] = "127.0.0.1:9092",
+    state: Annotated[Optional[Path], typer.Option("--state", help="Site state folder (cache, privacy ledger); default ~/.fedmed/sites/<site>.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Connect without TLS.")] = False,
+) -> None:
+    """Join a federation as one hospital: images stay here, only weight updates leave.
+
+    Example: fedmed client --site A --data /pacs-export --server 127.0.0.1:9092 --insecure
+    """
+    from fedmed.client.supernode import ClientOptions, ClientSetupError, run_client
+
+    try:
+        code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state, insecure=insecure))
+    except (ClientSetupError, ValueError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

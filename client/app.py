@@ -1,0 +1,150 @@
+"""The fedmed ClientApp: what runs at a site when the coordinator sends a message.
+
+`train` receives the global weights and the federation's config, trains locally and
+replies with new weights and aggregate numbers; `evaluate` replies with metrics on the
+site's held-out split. Every reply names the site and a status. Any failure is caught
+here and replied as a fixed reason code: Flower would otherwise send the exception's text
+to the coordinator, and exception text can quote file names or header values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmed.client.site import Site, site_from_node_config
+from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
+from fedmed.common.federation import FederationConfig
+from fedmed.common.models import build_model
+from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
+
+log = logging.getLogger("fedmed.site")
+
+SiteResolver = Callable[[Context], Site]
+
+# Ray actors and `--isolation process` keep one Python process across messages: decoded
+# data is kept here so later rounds skip even the site's disk cache.
+_DATA_MEMO: dict[tuple, object] = {}
+
+
+def _site_data(site: Site, config: FederationConfig):
+    key = (site.name, str(site.state_dir), config.image, config.classes, config.val_fraction, config.seed)
+    if key not in _DATA_MEMO:
+        _DATA_MEMO.clear()
+        _DATA_MEMO[key] = site.load_data(config)
+    return _DATA_MEMO[key]
+
+
+def _site_record(site_name: str, status: SiteStatus, reason: str = "") -> ConfigRecord:
+    return ConfigRecord({"name": site_name, "status": status.value, "reason": reason})
+
+
+def _report_failure(site_name: str, stage: str, exc: BaseException) -> str:
+    """Log a failure at the site without its message; return the code sent upstream.
+
+    fedmed's own errors are written so that their text names no site data; anything else
+    (pydicom, torch, OS errors) may quote a path or header value, so only its type and
+    the code locations are printed.
+    """
+    from fedmed.client.errors import SafeError
+
+    if isinstance(exc, SafeError):
+        print(f"[fedmed site {site_name}] {stage} failed: {exc}", file=sys.stderr)
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames[-4:]))
+        print(
+            f"[fedmed site {site_name}] {stage} failed: {type(exc).__name__} at {where} "
+            "(message withheld: it may quote site data)",
+            file=sys.stderr,
+        )
+    return f"{stage}-error:{type(exc).__name__}"
+
+
+def _global_model(msg: Message, config: FederationConfig) -> torch.nn.Module:
+    model = build_model(config.model, len(config.classes), config.image.size)
+    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    return model
+
+
+def _train(msg: Message, context: Context, site: Site) -> Message:
+    config = FederationConfig.from_json(str(msg.content["config"][FEDERATION_KEY]))
+    server_round = int(msg.content["config"]["server-round"])
+    data = _site_data(site, config)
+    seed = round_seed(config.seed, site.name, server_round)
+    torch.manual_seed(seed)
+    model = _global_model(msg, config)
+    device = pick_device()
+    loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
+    optimizer = make_optimizer(model, config)
+    started = time.perf_counter()
+    result = train_local(model, loader, optimizer, config.epochs, device)
+    metrics = MetricRecord({
+        WEIGHT_KEY: result.num_examples,
+        "train_loss": result.loss,
+        "train_seconds": time.perf_counter() - started,
+        "steps": result.steps,
+    })
+    content = RecordDict({
+        ARRAYS_KEY: ArrayRecord(model.cpu().state_dict()),
+        METRICS_KEY: metrics,
+        SITE_KEY: _site_record(site.name, SiteStatus.OK),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context, site: Site) -> Message:
+    config = FederationConfig.from_json(str(msg.content["config"][FEDERATION_KEY]))
+    data = _site_data(site, config)
+    model = _global_model(msg, config)
+    started = time.perf_counter()
+    values = evaluate(model, data.val_x, data.val_y, pick_device())
+    metrics = MetricRecord({WEIGHT_KEY: int(len(data.val_y)), **values,
+                            "eval_seconds": time.perf_counter() - started})
+    content = RecordDict({METRICS_KEY: metrics, SITE_KEY: _site_record(site.name, SiteStatus.OK)})
+    return Message(content=content, reply_to=msg)
+
+
+def _guarded(stage: str, handler, resolve_site: SiteResolver):
+    def run(msg: Message, context: Context) -> Message:
+        name = str(context.node_config.get("site", f"node-{context.node_id}"))
+        try:
+            site = resolve_site(context)
+            name = site.name
+            return handler(msg, context, site)
+        except Exception as exc:  # noqa: BLE001 — every failure must be replied, sanitised
+            code = _report_failure(name, stage, exc)
+            content = RecordDict({SITE_KEY: _site_record(name, SiteStatus.FAILED, code)})
+            return Message(content=content, reply_to=msg)
+
+    return run
+
+
+def make_client_app(resolve_site: SiteResolver) -> ClientApp:
+    """A ClientApp whose sites are found by `resolve_site(context)`."""
+    client_app = ClientApp()
+    train = _guarded("train", _train, resolve_site)
+    evaluate_ = _guarded("evaluate", _evaluate, resolve_site)
+
+    @client_app.train()
+    def _train_handler(msg: Message, context: Context) -> Message:
+        return train(msg, context)
+
+    @client_app.evaluate()
+    def _evaluate_handler(msg: Message, context: Context) -> Message:
+        return evaluate_(msg, context)
+
+    return client_app
+
+
+# The deployed app: the SuperNode's node config names the site (see `fedmed client`).
+app = make_client_app(lambda context: site_from_node_config(dict(context.node_config)))

@@ -1,0 +1,107 @@
+"""Local training and evaluation at a site: arrays in, weights and aggregate numbers out.
+
+Per-image predictions and losses stay inside these functions; what they return is the
+model and site-level aggregates only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedmed.common.federation import FederationConfig
+from fedmed.common.metrics import classification_metrics
+
+BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per epoch)
+
+
+def pick_device() -> torch.device:
+    """The site's GPU when it has one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def round_seed(seed: int, site: str, server_round: int) -> int:
+    """A seed per (run seed, site, round): reproducible, different across sites and rounds."""
+    digest = hashlib.sha256(f"{seed}:{site}:{server_round}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_optimizer(model: nn.Module, config: FederationConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def make_loader(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    dataset = TensorDataset(torch.from_numpy(np.asarray(x, dtype=np.float32)),
+                            torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+
+
+@dataclass
+class TrainResult:
+    num_examples: int
+    loss: float          # mean training loss over the last epoch
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    device: torch.device,
+    on_batch: BatchCallback | None = None,
+) -> TrainResult:
+    """Plain (or, with an Opacus-wrapped model/optimizer/loader, DP) local epochs."""
+    model.to(device).train()
+    criterion = nn.CrossEntropyLoss()
+    steps = 0
+    last_epoch_loss = math.nan
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        batches = len(loader)
+        for batch, (xb, yb) in enumerate(loader):
+            if len(xb) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            xb, yb = xb.to(device), yb.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            total += float(loss.detach()) * len(xb)
+            count += len(xb)
+            if on_batch is not None:
+                on_batch(epoch, batch, batches)
+        last_epoch_loss = total / count if count else math.nan
+    return TrainResult(num_examples=len(loader.dataset), loss=last_epoch_loss, steps=steps)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.asarray(x[start : start + batch_size], dtype=np.float32)).to(device)
+        out.append(torch.softmax(model(xb), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device) -> dict[str, float]:
+    """Loss, accuracy, AUC, sensitivity and specificity on a held-out split."""
+    if len(x) == 0:
+        return {"loss": math.nan, "accuracy": math.nan, "auc": math.nan,
+                "sensitivity": math.nan, "specificity": math.nan}
+    probs = predict_proba(model, x, device)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+    return classification_metrics(probs, y, loss)

@@ -1,0 +1,49 @@
+"""The saved-model format: weights plus everything needed to use them again.
+
+A checkpoint holds the model's name, its classes and the image settings it was trained
+with, so prediction preprocesses exactly as training did and a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmed.common.federation import FederationConfig
+
+FORMAT = "fedmed-model/1"
+EXTENSION = ".pt"
+
+
+def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: FederationConfig,
+                    server_round: int, extra: dict[str, Any] | None = None) -> Path:
+    """Write atomically: a reader never sees a half-written model."""
+    payload = {
+        "format": FORMAT,
+        "round": server_round,
+        "model": config.model,
+        "classes": list(config.classes),
+        "image": config.image.to_dict(),
+        "federation": config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        **(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint; raise ValueError naming the file when it is not one of ours."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — torch raises many kinds for a bad file
+        raise ValueError(f"{path}: not a fedmed model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fedmed model file (expected format {FORMAT})")
+    return payload

@@ -1,0 +1,87 @@
+"""A federation's training configuration: what the coordinator decides for every site.
+
+It is written to the run's `config.json`, travels to the sites inside every training and
+evaluation message (as one JSON string in the message's ConfigRecord), and is stored in
+every checkpoint. What a site decides for itself (its name, data, privacy budget) is not
+here: that is the site's own configuration and never leaves it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from fedmed.common.models import MODEL_NAMES
+from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Training settings shared by all sites of one run."""
+
+    rounds: int = 5
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    model: str = "cnn"
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    image: ImageSettings = field(default_factory=ImageSettings)
+    min_sites: int = 2
+    val_fraction: float = 0.2
+    seed: int = 0
+    round_timeout: float = 1800.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rounds >= 1, f"rounds: expected at least 1, got {self.rounds}"),
+            (self.epochs >= 1, f"epochs: expected at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size: expected at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate: expected a positive number, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS,
+             f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.model in MODEL_NAMES,
+             f"model: expected one of {', '.join(MODEL_NAMES)}, got {self.model!r}"),
+            (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
+             f"classes: expected at least two distinct names, got {','.join(self.classes)!r}"),
+            (self.min_sites >= 1, f"min sites: expected at least 1, got {self.min_sites}"),
+            (0.0 < self.val_fraction < 1.0,
+             f"validation fraction: expected a number between 0 and 1, got {self.val_fraction}"),
+            (self.round_timeout > 0, f"round timeout: expected seconds > 0, got {self.round_timeout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def with_(self, **changes: Any) -> "FederationConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        d["image"] = self.image.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FederationConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "classes" in known:
+            known["classes"] = tuple(str(c) for c in known["classes"])
+        if "image" in known:
+            known["image"] = ImageSettings.from_dict(known["image"])
+        return cls(**known)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FederationConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """`normal,abnormal` → ("normal", "abnormal")."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())

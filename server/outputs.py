@@ -1,0 +1,137 @@
+"""What a run leaves in its output folder, written as the run goes.
+
+RUN_DIR/
+  config.json           the federation's configuration and how the run was started
+  metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
+  checkpoints/round-NNN.pt   the global model after each round
+  model-final.pt        the final global model
+  status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
+
+Only aggregate numbers the sites chose to send are here; no site data ever reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from flwr.app import ArrayRecord
+
+from fedmed.common.checkpoint import EXTENSION, save_checkpoint
+from fedmed.common.federation import FederationConfig
+from fedmed.common.metrics import METRIC_NAMES, aggregate_sites
+from fedmed.server.strategy.fedavg import SiteReply
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+FINAL_MODEL = f"model-final{EXTENSION}"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics (AUC on a one-class split) are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class RunRecorder:
+    """Observer of a SiteAwareFedAvg run that writes the run folder."""
+
+    def __init__(self, out_dir: Path, config: FederationConfig, meta: dict[str, Any] | None = None,
+                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.on_round = on_round
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "checkpoints").mkdir(exist_ok=True)
+        write_json(self.out_dir / CONFIG_FILE, {"federation": config.to_dict(), **(meta or {})})
+        (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
+        (self.out_dir / STATUS_FILE).unlink(missing_ok=True)
+        self._train: dict[int, list[SiteReply]] = {}
+        self._round_started = time.perf_counter()
+        self.last_arrays: ArrayRecord | None = None
+        self.rounds_done = 0
+
+    def checkpoint_path(self, server_round: int) -> Path:
+        return self.out_dir / "checkpoints" / f"round-{server_round:03d}{EXTENSION}"
+
+    def on_train(self, server_round: int, replies: list[SiteReply], arrays: ArrayRecord | None) -> None:
+        self._train[server_round] = replies
+        if arrays is not None:
+            self.last_arrays = arrays
+            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
+                            self.config, server_round)
+
+    def round_record(self, server_round: int, evaluated: list[SiteReply]) -> dict[str, Any]:
+        """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round."""
+        sites: dict[str, dict[str, Any]] = {}
+        for reply in self._train.get(server_round, []):
+            entry = sites.setdefault(reply.site, {})
+            entry["status"] = reply.status
+            if reply.reason:
+                entry["reason"] = reply.reason
+            for key in ("train_loss", "train_seconds", "epsilon", "noise_multiplier", "delta"):
+                if key in reply.metrics:
+                    entry[key] = float(reply.metrics[key])
+            if "num-examples" in reply.metrics:
+                entry["num_train_examples"] = int(reply.metrics["num-examples"])
+        for reply in evaluated:
+            entry = sites.setdefault(reply.site, {"status": reply.status})
+            if reply.status != "ok":
+                entry.setdefault("eval_status", reply.status)
+                continue
+            entry["num_examples"] = int(reply.metrics.get("num-examples", 0))
+            for name in METRIC_NAMES:
+                if name in reply.metrics:
+                    entry[name] = float(reply.metrics[name])
+        evaluated_sites = {k: v for k, v in sites.items() if "num_examples" in v}
+        return {
+            "round": server_round,
+            "sites": dict(sorted(sites.items())),
+            "aggregate": aggregate_sites(evaluated_sites),
+            "seconds": time.perf_counter() - self._round_started,
+        }
+
+    def on_evaluate(self, server_round: int, replies: list[SiteReply], _arrays: ArrayRecord | None) -> None:
+        record = _clean(self.round_record(server_round, replies))
+        with open(self.out_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self.rounds_done = server_round
+        self._round_started = time.perf_counter()
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def finish(self, status: str, reason: str = "", final_arrays: ArrayRecord | None = None) -> None:
+        arrays = final_arrays or self.last_arrays
+        if arrays is not None:
+            save_checkpoint(self.out_dir / FINAL_MODEL, arrays.to_torch_state_dict(),
+                            self.config, self.rounds_done)
+        write_json(self.out_dir / STATUS_FILE, {
+            "status": status, "reason": reason, "rounds_completed": self.rounds_done,
+            "rounds_planned": self.config.rounds,
+        })

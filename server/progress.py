@@ -1,0 +1,42 @@
+"""The per-round table the coordinator prints, one plain line per round.
+
+Plain fixed-width text rather than a live widget, so that it reads the same in a
+terminal, a CI log and a redirected file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+COLUMNS = (
+    ("round", 5), ("sites", 5), ("loss", 7), ("acc", 6), ("auc", 6),
+    ("sens", 6), ("spec", 6), ("worst acc", 9), ("max eps", 8), ("secs", 6),
+)
+
+
+def _fmt(value: Any, width: int, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-".rjust(width)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}".rjust(width)
+    return str(value).rjust(width)
+
+
+def header() -> str:
+    return "  ".join(name.rjust(width) for name, width in COLUMNS)
+
+
+def row(record: Mapping[str, Any]) -> str:
+    agg = record.get("aggregate", {})
+    sites = record.get("sites", {})
+    trained = sum(1 for s in sites.values() if s.get("status", "ok") == "ok")
+    eps = record.get("privacy", {}).get("max_epsilon")
+    cells = [
+        record.get("round"), f"{trained}/{len(sites)}", agg.get("loss"), agg.get("accuracy"),
+        agg.get("auc"), agg.get("sensitivity"), agg.get("specificity"),
+        agg.get("worst_site_accuracy"), eps if eps is not None else "no-dp" if record.get("dp") is False else None,
+        record.get("seconds"),
+    ]
+    return "  ".join(_fmt(v, w, 1 if name in ("secs",) else 2 if name == "max eps" else 3)
+                     for v, (name, w) in zip(cells, COLUMNS))

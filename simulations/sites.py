@@ -1,0 +1,68 @@
+"""The sites of a simulation: one DICOM folder each, or partitions of a MedMNIST file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedmed.client.site import Site, dicom_site
+from fedmed.common.federation import FederationConfig
+from fedmed.simulations.partition import partition_indices
+
+
+def dicom_sites(data_root: Path, state_root: Path) -> list[Site]:
+    """One site per sub-folder of `data_root` (as `fedmed data synth` writes them)."""
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise ValueError(f"--data {data_root}: expected a folder with one sub-folder per site")
+    folders = sorted(p for p in data_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"--data {data_root}: no site sub-folders found; "
+                         "write some with `fedmed data synth --out DIR`")
+    return [dicom_site(p.name, p, Path(state_root) / p.name) for p in folders]
+
+
+def _npz_site_loader(npz_path: Path, train_idx: np.ndarray, val_idx: np.ndarray):
+    def load(config: FederationConfig):
+        import hashlib
+
+        from fedmed.client.sitedata import SiteData, SkipReport, load_npz_arrays, read_medmnist
+
+        splits = read_medmnist(npz_path)
+        tx, ty = splits["train"]
+        vx, vy = splits["val"]
+        fingerprint = hashlib.sha256(
+            Path(npz_path).name.encode() + np.asarray(train_idx).tobytes()
+            + repr(sorted(config.image.to_dict().items())).encode()
+        ).hexdigest()
+        return SiteData(
+            classes=tuple(config.classes),
+            train_x=load_npz_arrays(tx[train_idx], ty[train_idx], config.image),
+            train_y=ty[train_idx].astype(np.int64),
+            val_x=load_npz_arrays(vx[val_idx], vy[val_idx], config.image),
+            val_y=vy[val_idx].astype(np.int64),
+            num_patients={"train": len(train_idx), "val": len(val_idx)},
+            skipped=SkipReport(counts={}, files=[]),
+            fingerprint=fingerprint,
+        )
+
+    return load
+
+
+def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_root: Path) -> list[Site]:
+    """`num_sites` sites holding disjoint parts of the file's train and val splits.
+
+    Train and val are partitioned with the same scheme, so a site's held-out split looks
+    like its training split (as a hospital's own validation data would).
+    """
+    from fedmed.client.sitedata import read_medmnist
+
+    splits = read_medmnist(Path(npz_path))
+    train_parts = partition_indices(splits["train"][1], num_sites, partition, seed)
+    val_parts = partition_indices(splits["val"][1], num_sites, partition, seed + 1)
+    return [
+        Site(name=f"site{i}", state_dir=Path(state_root) / f"site{i}",
+             load_data=_npz_site_loader(Path(npz_path).resolve(), train_parts[i], val_parts[i]))
+        for i in range(num_sites)
+    ]
