@@ -1,0 +1,140 @@
+"""A site's DICOM data as training and validation arrays.
+
+`load_dicom_site` = `scan_site` (headers only) -> cache lookup -> decode and preprocess
+what the cache lacks -> patient-level split. It never stops at a bad file: every file
+left out is counted in the returned `SkipReport` with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedmed.client.imaging import UnusableImage, load_image
+from fedmed.common.settings import ImageSettings
+
+from .cache import CachedImages, cache_key, load_cached, save_cached
+from .report import SkipReport
+from .scan import SiteFile, scan_site
+from .split import split_by_patient
+
+__all__ = ["SiteData", "load_dicom_site", "training_fingerprint"]
+
+
+@dataclass
+class SiteData:
+    """A site's preprocessed images, split by patient. Stays at the site.
+
+    fingerprint: sha256 hex identifying the training data (see `training_fingerprint`),
+        for the site's privacy ledger.
+    """
+
+    classes: tuple[str, ...]
+    train_x: np.ndarray  # float32 (N, 1, S, S)
+    train_y: np.ndarray  # int64 (N,)
+    val_x: np.ndarray
+    val_y: np.ndarray
+    num_patients: dict[str, int]  # {"train": .., "val": ..}
+    skipped: SkipReport
+    fingerprint: str
+
+
+def load_dicom_site(
+    data_dir: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    settings: ImageSettings,
+    classes: Sequence[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> SiteData:
+    """Load a site folder (see `fedmed.client.sitedata.scan` for its layouts).
+
+    state_dir: the site's private state folder; preprocessed images are cached in
+        `<state_dir>/cache/`, so a second load of unchanged data decodes nothing.
+    progress: called as progress(done, total) while images are decoded.
+
+    Same files, labels, settings and seed give identical arrays and split. Raises
+    ValueError for a folder without labels, a malformed labels.csv, or no usable image.
+    """
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError("classes: expected at least one class name, got none")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
+    root = Path(data_dir)
+    files, skipped = scan_site(root, classes, exclude=[state_dir])
+
+    key = cache_key(files, classes, settings)
+    cached = load_cached(state_dir, key, len(files))
+    if cached is None:
+        cached = _decode_all(root, files, settings, progress)
+        save_cached(state_dir, key, cached)
+    elif progress is not None:
+        progress(len(files), len(files))
+
+    usable = [f for f, reason in zip(files, cached.reasons) if not reason]
+    for f, reason in zip(files, cached.reasons):
+        if reason:
+            skipped.add(f.relpath, reason)
+    if not usable:
+        counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.counts.items()))
+        raise ValueError(f"{root}: no usable labelled image (skipped: {counts or 'none'})")
+
+    labels = np.asarray([f.label for f in usable], dtype=np.int64)
+    train, val = split_by_patient([f.patient for f in usable], val_fraction, seed)
+    return SiteData(
+        classes=classes,
+        train_x=cached.images[train],
+        train_y=labels[train],
+        val_x=cached.images[val],
+        val_y=labels[val],
+        num_patients={
+            "train": len({usable[i].patient for i in train}),
+            "val": len({usable[i].patient for i in val}),
+        },
+        skipped=skipped,
+        fingerprint=training_fingerprint([usable[i] for i in train], classes, settings),
+    )
+
+
+def _decode_all(
+    root: Path,
+    files: Sequence[SiteFile],
+    settings: ImageSettings,
+    progress: Callable[[int, int], None] | None,
+) -> CachedImages:
+    images = np.empty((len(files), 1, settings.size, settings.size), dtype=np.float32)
+    reasons = []
+    kept = 0
+    for done, f in enumerate(files, start=1):
+        try:
+            x, _ = load_image(root / f.relpath, settings)
+        except UnusableImage as e:
+            reasons.append(e.reason)
+        except OSError:
+            reasons.append("unreadable file")
+        else:
+            images[kept, 0] = x
+            kept += 1
+            reasons.append("")
+        if progress is not None:
+            progress(done, len(files))
+    return CachedImages(images[:kept].copy(), reasons)
+
+
+def training_fingerprint(
+    train: Sequence[SiteFile], classes: Sequence[str], settings: ImageSettings
+) -> str:
+    """sha256 hex over the sorted (SOPInstanceUID, class name) pairs of the training
+    split, the class list and the image settings: equal exactly when a site trains on
+    the same images, labelled and preprocessed alike. Stays at the site."""
+    pairs = sorted((f.sop_uid, classes[f.label]) for f in train)
+    payload = {"images": pairs, "classes": list(classes), "settings": settings.to_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
