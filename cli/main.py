@@ -124,6 +124,10 @@ def simulate(
     optimizer: Optimizer = "adam", model: Model = "cnn", image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz).")] = None,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: Annotated[Optional[int], typer.Option("--min-sites", help="Sites a round needs (default: all).")] = None,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="Each simulated site's privacy budget over all runs on its data.")] = 8.0,
+    delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5).")] = None,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the outputs).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine.
@@ -131,6 +135,7 @@ def simulate(
     Example: fedmed simulate --data demo/data --rounds 5 --out runs/sim1
     Example: fedmed simulate --npz pneumoniamnist.npz --sites 3 --partition dirichlet:0.5 --out runs/pm
     """
+    from fedmed.client.privacy.policy import PrivacyPolicy
     from fedmed.server import progress
     from fedmed.simulations.runner import simulate as run_simulation
     from fedmed.simulations.sites import dicom_sites, npz_sites
@@ -139,22 +144,26 @@ def simulate(
         _fail("give exactly one of --data DIR or --npz FILE")
     state_root = state or (out / "state")
     try:
+        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
         if data is not None:
-            site_list = dicom_sites(data, state_root)
+            site_list = dicom_sites(data, state_root, privacy)
             size = image_size or 64
         else:
             from fedmed.client.sitedata import read_medmnist
 
             size = image_size or int(read_medmnist(npz)["train"][0].shape[-1])
-            site_list = npz_sites(npz, sites, partition, seed, state_root)
+            site_list = npz_sites(npz, sites, partition, seed, state_root, privacy)
     except ValueError as exc:
         _fail(str(exc))
     config = _federation(rounds, epochs, batch_size, lr, optimizer, model, size, window, classes,
                          min_sites or len(site_list), seed, round_timeout)
     typer.echo(f"simulating {len(site_list)} site(s): {', '.join(s.name for s in site_list)}; "
-               f"{config.rounds} round(s) of {config.model}; outputs in {out}")
+               f"{config.rounds} round(s) of {config.model}; "
+               + ("differential privacy OFF (--no-dp)" if no_dp else f"DP-SGD, budget epsilon={epsilon:g} per site")
+               + f"; outputs in {out}")
     typer.echo(progress.header())
     status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
+                            meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon},
                             on_round=lambda r: typer.echo(progress.row(r)))
     if status["status"] != "completed":
         _fail(f"run failed: {status.get('reason')}", code=1)
@@ -193,15 +202,23 @@ def client(
     server: Annotated[str, typer.Option("--server", help="The coordinator's HOST:PORT.")] = "127.0.0.1:9092",
     state: Annotated[Optional[Path], typer.Option("--state", help="Site state folder (cache, privacy ledger); default ~/.fedmed/sites/<site>.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Connect without TLS.")] = False,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="This site's privacy budget (epsilon) over all runs on its data.")] = 8.0,
+    delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5, N = training images).")] = None,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the run's outputs).")] = False,
+    classes: Classes = ",".join(DEFAULT_CLASSES),
 ) -> None:
     """Join a federation as one hospital: images stay here, only weight updates leave.
 
     Example: fedmed client --site A --data /pacs-export --server 127.0.0.1:9092 --insecure
     """
+    from fedmed.client.privacy.policy import PrivacyPolicy
     from fedmed.client.supernode import ClientOptions, ClientSetupError, run_client
 
     try:
-        code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state, insecure=insecure))
+        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
+        code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
+                                        insecure=insecure, privacy=privacy, classes=parse_classes(classes)))
     except (ClientSetupError, ValueError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)

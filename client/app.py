@@ -9,8 +9,8 @@ to the coordinator, and exception text can quote file names or header values.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import sys
 import time
 import traceback
@@ -21,6 +21,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedmed.client.privacy.dp_sgd import make_private_training
+from fedmed.client.privacy.ledger import LedgerError, PrivacyLedger
+from fedmed.client.privacy.run_plan import decide, plan_run
 from fedmed.client.site import Site, site_from_node_config
 from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
 from fedmed.common.federation import FederationConfig
@@ -57,7 +60,8 @@ def _report_failure(site_name: str, stage: str, exc: BaseException) -> str:
     """
     from fedmed.client.errors import SafeError
 
-    if isinstance(exc, SafeError):
+    # A ledger refusal names only the site's own state folder, and the admin must see it.
+    if isinstance(exc, (SafeError, LedgerError)):
         print(f"[fedmed site {site_name}] {stage} failed: {exc}", file=sys.stderr)
     else:
         frames = traceback.extract_tb(exc.__traceback__)
@@ -76,6 +80,19 @@ def _global_model(msg: Message, config: FederationConfig) -> torch.nn.Module:
     return model
 
 
+def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arrays=None) -> RecordDict:
+    # Every train reply carries the same metric keys (FedAvg refuses mixed key sets);
+    # undefined values are NaN.
+    record = {WEIGHT_KEY: 0, "train_loss": math.nan, "train_seconds": 0.0, "steps": 0,
+              "dp": 1 if site.privacy.enabled else 0, "epsilon": math.nan,
+              "noise_multiplier": math.nan, "delta": math.nan}
+    record.update(metrics)
+    content = {METRICS_KEY: MetricRecord(record), SITE_KEY: _site_record(site.name, status, reason)}
+    if arrays is not None:
+        content[ARRAYS_KEY] = arrays
+    return RecordDict(content)
+
+
 def _train(msg: Message, context: Context, site: Site) -> Message:
     config = FederationConfig.from_json(str(msg.content["config"][FEDERATION_KEY]))
     server_round = int(msg.content["config"]["server-round"])
@@ -84,21 +101,43 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     torch.manual_seed(seed)
     model = _global_model(msg, config)
     device = pick_device()
-    loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
     optimizer = make_optimizer(model, config)
     started = time.perf_counter()
-    result = train_local(model, loader, optimizer, config.epochs, device)
-    metrics = MetricRecord({
-        WEIGHT_KEY: result.num_examples,
-        "train_loss": result.loss,
-        "train_seconds": time.perf_counter() - started,
-        "steps": result.steps,
-    })
-    content = RecordDict({
-        ARRAYS_KEY: ArrayRecord(model.cpu().state_dict()),
-        METRICS_KEY: metrics,
-        SITE_KEY: _site_record(site.name, SiteStatus.OK),
-    })
+    if not site.privacy.enabled:
+        loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
+        result = train_local(model, loader, optimizer, config.epochs, device)
+        weights, privacy = model.cpu().state_dict(), {}
+    else:
+        ledger = PrivacyLedger.open(site.state_dir, data.fingerprint)
+        plan = plan_run(ledger, site.privacy, run=str(msg.metadata.run_id), server_round=server_round,
+                        total_rounds=config.rounds, n_train=len(data.train_y),
+                        batch_size=config.batch_size, epochs=config.epochs, state_dir=site.state_dir)
+        decision = decide(ledger, site.privacy, plan)
+        if not decision.train:
+            print(f"[fedmed site {site.name}] round {server_round}: not training: {decision.reason}",
+                  file=sys.stderr)
+            return Message(content=_train_reply(
+                site, SiteStatus(decision.status), decision.reason,
+                {"epsilon": decision.spent_epsilon}), reply_to=msg)
+        if server_round == 1 or plan.planned_rounds == config.rounds - server_round + 1:
+            print(f"[fedmed site {site.name}] DP-SGD plan: noise multiplier {plan.noise_multiplier:.2f}, "
+                  f"q={plan.sample_rate:.4f}, {plan.steps_per_round} steps/round for "
+                  f"{plan.planned_rounds} round(s), budget epsilon={site.privacy.epsilon:g} "
+                  f"delta={plan.delta:.0e} (already spent {decision.spent_epsilon:.3f})", file=sys.stderr)
+        training = make_private_training(
+            model, optimizer, data.train_x, data.train_y, config.batch_size,
+            plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
+        result = training.train(config.epochs, device)
+        # The spend is recorded before the update leaves the site: a crash in between
+        # over-counts, never under-counts.
+        entry = ledger.append(str(msg.metadata.run_id), server_round, plan.noise_multiplier,
+                              plan.sample_rate, plan.steps_per_round, plan.delta, "prv")
+        weights = training.state_dict()
+        privacy = {"epsilon": entry.epsilon, "noise_multiplier": plan.noise_multiplier,
+                   "delta": plan.delta}
+    metrics = {WEIGHT_KEY: result.num_examples, "train_loss": result.loss,
+               "train_seconds": time.perf_counter() - started, "steps": result.steps, **privacy}
+    content = _train_reply(site, SiteStatus.OK, "", metrics, ArrayRecord(weights))
     return Message(content=content, reply_to=msg)
 
 

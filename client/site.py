@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fedmed.client.errors import SafeError
+from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.common.federation import FederationConfig
 
 DEFAULT_STATE_ROOT = Path("~/.fedmed/sites")
@@ -22,13 +24,14 @@ class Site:
     name: str
     state_dir: Path
     load_data: Callable[[FederationConfig], "object"]  # -> fedmed.client.sitedata.SiteData
+    privacy: PrivacyPolicy = PrivacyPolicy()
 
 
 def default_state_dir(site: str) -> Path:
     return (DEFAULT_STATE_ROOT / site).expanduser()
 
 
-def dicom_site(name: str, data_dir: Path, state_dir: Path) -> Site:
+def dicom_site(name: str, data_dir: Path, state_dir: Path, privacy: PrivacyPolicy = PrivacyPolicy()) -> Site:
     """A site whose data is a DICOM folder (labels.csv or class sub-folders)."""
 
     def load(config: FederationConfig):
@@ -43,10 +46,10 @@ def dicom_site(name: str, data_dir: Path, state_dir: Path) -> Site:
             seed=config.seed,
         )
 
-    return Site(name=name, state_dir=state_dir, load_data=load)
+    return Site(name=name, state_dir=state_dir, load_data=load, privacy=privacy)
 
 
-class SiteConfigError(ValueError):
+class SiteConfigError(SafeError, ValueError):
     """The node config does not describe a usable site."""
 
 
@@ -61,4 +64,4 @@ def site_from_node_config(node_config: dict) -> Site:
         ) from None
     state = node_config.get("state-dir")
     state_dir = Path(str(state)) if state else default_state_dir(name)
-    return dicom_site(name, data_dir, state_dir)
+    return dicom_site(name, data_dir, state_dir, PrivacyPolicy.from_node_config(node_config))

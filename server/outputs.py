@@ -3,9 +3,14 @@
 RUN_DIR/
   config.json           the federation's configuration and how the run was started
   metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
-  checkpoints/round-NNN.pt   the global model after each round
+  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state)
   model-final.pt        the final global model
   status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
+  audit.jsonl           who started and stopped the run, sites joined/left/refused, who
+                        contributed to each round, rejected updates (`server/audit.py`)
+
+A round is complete once its metrics row is written (after its checkpoint); a resumed
+run (`last_completed_round`) carries on after the last complete round.
 
 Only aggregate numbers the sites chose to send are here; no site data ever reaches it.
 """
@@ -59,23 +64,51 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def privacy_summary(sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The largest cumulative ε any site reported, and which sites trained without DP."""
+    eps = [v["epsilon"] for v in sites.values()
+           if isinstance(v.get("epsilon"), float) and math.isfinite(v["epsilon"])]
+    return {
+        "max_epsilon": max(eps) if eps else None,
+        "no_dp_sites": sorted(k for k, v in sites.items() if v.get("dp") is False),
+    }
+
+
+def last_completed_round(run_dir: Path) -> int:
+    """The last round with both a metrics row and a checkpoint; 0 when there is none."""
+    rounds = [r["round"] for r in read_metrics(run_dir)]
+    for server_round in sorted(rounds, reverse=True):
+        if (Path(run_dir) / "checkpoints" / f"round-{server_round:03d}{EXTENSION}").exists():
+            return server_round
+    return 0
+
+
 class RunRecorder:
     """Observer of a SiteAwareFedAvg run that writes the run folder."""
 
     def __init__(self, out_dir: Path, config: FederationConfig, meta: dict[str, Any] | None = None,
-                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_round: Callable[[dict[str, Any]], None] | None = None,
+                 resume_after: int = 0,
+                 checkpoint_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        """`resume_after`: rounds already complete in this folder (kept, not rewritten)."""
         self.out_dir = Path(out_dir)
         self.config = config
         self.on_round = on_round
+        self.checkpoint_extra = checkpoint_extra
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "checkpoints").mkdir(exist_ok=True)
         write_json(self.out_dir / CONFIG_FILE, {"federation": config.to_dict(), **(meta or {})})
-        (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
         (self.out_dir / STATUS_FILE).unlink(missing_ok=True)
+        if resume_after:
+            kept = [r for r in read_metrics(self.out_dir) if r["round"] <= resume_after]
+            (self.out_dir / METRICS_FILE).write_text(
+                "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        else:
+            (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
         self._train: dict[int, list[SiteReply]] = {}
         self._round_started = time.perf_counter()
         self.last_arrays: ArrayRecord | None = None
-        self.rounds_done = 0
+        self.rounds_done = resume_after
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.out_dir / "checkpoints" / f"round-{server_round:03d}{EXTENSION}"
@@ -84,8 +117,9 @@ class RunRecorder:
         self._train[server_round] = replies
         if arrays is not None:
             self.last_arrays = arrays
+            extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else None
             save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
-                            self.config, server_round)
+                            self.config, server_round, extra)
 
     def round_record(self, server_round: int, evaluated: list[SiteReply]) -> dict[str, Any]:
         """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round."""
@@ -100,6 +134,8 @@ class RunRecorder:
                     entry[key] = float(reply.metrics[key])
             if "num-examples" in reply.metrics:
                 entry["num_train_examples"] = int(reply.metrics["num-examples"])
+            if "dp" in reply.metrics:
+                entry["dp"] = bool(reply.metrics["dp"])
         for reply in evaluated:
             entry = sites.setdefault(reply.site, {"status": reply.status})
             if reply.status != "ok":
@@ -114,6 +150,7 @@ class RunRecorder:
             "round": server_round,
             "sites": dict(sorted(sites.items())),
             "aggregate": aggregate_sites(evaluated_sites),
+            "privacy": privacy_summary(sites),
             "seconds": time.perf_counter() - self._round_started,
         }
 

@@ -31,11 +31,16 @@ def row(record: Mapping[str, Any]) -> str:
     agg = record.get("aggregate", {})
     sites = record.get("sites", {})
     trained = sum(1 for s in sites.values() if s.get("status", "ok") == "ok")
-    eps = record.get("privacy", {}).get("max_epsilon")
+    privacy = record.get("privacy", {})
+    eps = privacy.get("max_epsilon")
+    if eps is None and privacy.get("no_dp_sites"):
+        eps = "no-dp"
+    elif privacy.get("no_dp_sites"):
+        eps = f"{eps:.2f}*"  # some sites trained without DP
     cells = [
         record.get("round"), f"{trained}/{len(sites)}", agg.get("loss"), agg.get("accuracy"),
         agg.get("auc"), agg.get("sensitivity"), agg.get("specificity"),
-        agg.get("worst_site_accuracy"), eps if eps is not None else "no-dp" if record.get("dp") is False else None,
+        agg.get("worst_site_accuracy"), eps,
         record.get("seconds"),
     ]
     return "  ".join(_fmt(v, w, 1 if name in ("secs",) else 2 if name == "max eps" else 3)

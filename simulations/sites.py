@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import Site, dicom_site
 from fedmed.common.federation import FederationConfig
 from fedmed.simulations.partition import partition_indices
 
 
-def dicom_sites(data_root: Path, state_root: Path) -> list[Site]:
+def dicom_sites(data_root: Path, state_root: Path, privacy: PrivacyPolicy = PrivacyPolicy()) -> list[Site]:
     """One site per sub-folder of `data_root` (as `fedmed data synth` writes them)."""
     data_root = Path(data_root)
     if not data_root.is_dir():
@@ -20,7 +21,7 @@ def dicom_sites(data_root: Path, state_root: Path) -> list[Site]:
     if not folders:
         raise ValueError(f"--data {data_root}: no site sub-folders found; "
                          "write some with `fedmed data synth --out DIR`")
-    return [dicom_site(p.name, p, Path(state_root) / p.name) for p in folders]
+    return [dicom_site(p.name, p, Path(state_root) / p.name, privacy) for p in folders]
 
 
 def _npz_site_loader(npz_path: Path, train_idx: np.ndarray, val_idx: np.ndarray):
@@ -50,7 +51,8 @@ def _npz_site_loader(npz_path: Path, train_idx: np.ndarray, val_idx: np.ndarray)
     return load
 
 
-def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_root: Path) -> list[Site]:
+def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_root: Path,
+              privacy: PrivacyPolicy = PrivacyPolicy()) -> list[Site]:
     """`num_sites` sites holding disjoint parts of the file's train and val splits.
 
     Train and val are partitioned with the same scheme, so a site's held-out split looks
@@ -63,6 +65,7 @@ def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_r
     val_parts = partition_indices(splits["val"][1], num_sites, partition, seed + 1)
     return [
         Site(name=f"site{i}", state_dir=Path(state_root) / f"site{i}",
-             load_data=_npz_site_loader(Path(npz_path).resolve(), train_parts[i], val_parts[i]))
+             load_data=_npz_site_loader(Path(npz_path).resolve(), train_parts[i], val_parts[i]),
+             privacy=privacy)
         for i in range(num_sites)
     ]

@@ -1,0 +1,52 @@
+"""A site's privacy policy: its own decision, never the coordinator's.
+
+The site sets the (ε, δ) budget for everything it will ever train on its data, the
+per-sample clipping norm, and the largest noise multiplier it accepts (past that the
+model would learn nothing, so the site declines the run instead). `enabled=False` is the
+explicit `--no-dp` opt-out; it is recorded in every reply and in the run's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+DEFAULT_EPSILON = 8.0
+DEFAULT_MAX_GRAD_NORM = 1.0
+DEFAULT_MAX_NOISE_MULTIPLIER = 10.0
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    enabled: bool = True
+    epsilon: float = DEFAULT_EPSILON
+    delta: float | None = None          # None: fedmed.client.privacy.accounting.default_delta(N)
+    max_grad_norm: float = DEFAULT_MAX_GRAD_NORM
+    max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            if not self.epsilon > 0:
+                raise ValueError(f"--epsilon: expected a positive budget, got {self.epsilon}")
+            if self.delta is not None and not 0 < self.delta < 1:
+                raise ValueError(f"--delta: expected 0 < delta < 1, got {self.delta}")
+            if not self.max_grad_norm > 0:
+                raise ValueError(f"--max-grad-norm: expected a positive norm, got {self.max_grad_norm}")
+            if not self.max_noise_multiplier > 0:
+                raise ValueError(f"--max-noise: expected a positive cap, got {self.max_noise_multiplier}")
+
+    def to_node_config(self) -> dict[str, Any]:
+        """As SuperNode node-config entries (TOML values)."""
+        return {"dp": self.enabled, "epsilon": float(self.epsilon), "delta": float(self.delta or 0.0),
+                "max-grad-norm": float(self.max_grad_norm), "max-noise": float(self.max_noise_multiplier)}
+
+    @classmethod
+    def from_node_config(cls, config: Mapping[str, Any]) -> "PrivacyPolicy":
+        delta = float(config.get("delta", 0.0) or 0.0)
+        return cls(
+            enabled=bool(config.get("dp", True)),
+            epsilon=float(config.get("epsilon", DEFAULT_EPSILON)),
+            delta=delta or None,
+            max_grad_norm=float(config.get("max-grad-norm", DEFAULT_MAX_GRAD_NORM)),
+            max_noise_multiplier=float(config.get("max-noise", DEFAULT_MAX_NOISE_MULTIPLIER)),
+        )

@@ -1,0 +1,72 @@
+"""`fedmed server start` and three `fedmed client` processes on loopback, for real:
+a SuperLink, three SuperNodes, the ServerApp and a ClientApp process per message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fedmed.common.processes import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_path: Path, fedmed_cmd):
+    port = free_port()
+    run_dir = tmp_path / "run"
+    server = _start(fedmed_cmd + [
+        "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
+        "--rounds", "2", "--min-sites", "3", "--out", str(run_dir),
+        "--image-size", "32", "--batch-size", "16", "--round-timeout", "300",
+    ], tmp_path / "server.log")
+    clients = [
+        _start(fedmed_cmd + [
+            "client", "--site", site, "--data", str(synthetic_sites / site),
+            "--server", f"127.0.0.1:{port}", "--state", str(tmp_path / "state" / site), "--insecure",
+        ], tmp_path / f"client-{site}.log")
+        for site in ("A", "B", "C")
+    ]
+    try:
+        code = server.wait(timeout=420)
+    finally:
+        _kill(server)
+        for c in clients:
+            _kill(c)
+    server_out = (tmp_path / "server.log").read_text()
+    assert code == 0, server_out + (run_dir / "superlink.log").read_text()[-3000:]
+
+    assert (run_dir / "checkpoints" / "round-001.pt").exists()
+    assert (run_dir / "checkpoints" / "round-002.pt").exists()
+    assert (run_dir / "model-final.pt").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for r in rows:
+        assert set(r["sites"]) == {"A", "B", "C"}
+        assert all(s["status"] == "ok" and s["num_examples"] > 0 for s in r["sites"].values())
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert "run completed" in server_out
+
+    # Nothing a site owns reached the coordinator: no patient names or IDs, no paths.
+    coordinator_text = server_out + (run_dir / "superlink.log").read_text() + \
+        (run_dir / "metrics.jsonl").read_text() + (run_dir / "config.json").read_text()
+    assert "SYNTH" not in coordinator_text
+    assert str(synthetic_sites) not in coordinator_text
