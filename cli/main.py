@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fedmed.cli.certs import certs_app
+from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.common.federation import FederationConfig, parse_classes
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
@@ -28,6 +30,7 @@ server_app = typer.Typer(help="The coordinator.\n\nExample: fedmed server start 
                          no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(server_app, name="server")
+app.add_typer(certs_app, name="certs")
 
 # Training options shared by `simulate` and `server start` (the coordinator decides them).
 Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
@@ -42,6 +45,9 @@ Classes = Annotated[str, typer.Option("--classes", help="Class names, in label o
 MinSites = Annotated[int, typer.Option("--min-sites", help="Sites a round needs.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, initial weights and training.")]
 RoundTimeout = Annotated[float, typer.Option("--round-timeout", help="Seconds to wait for the sites in a round.")]
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config", is_eager=True, callback=apply_config_file,
+    help="TOML file of flag defaults (keys are flag names); flags given here override it.")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -129,6 +135,7 @@ def simulate(
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the outputs).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
+    config_file: ConfigFile = None,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine.
 
@@ -222,6 +229,27 @@ def client(
     except (ClientSetupError, ValueError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the examples into.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Write commented example config files: federation.toml (coordinator), site.toml (site).
+
+    Example: fedmed init --out config && fedmed client --config config/site.toml
+    """
+    for path in write_examples(out, force):
+        typer.echo(f"wrote {path}")
+
+
+# The operator's commands live in fedmed.cli.operator.
+from fedmed.cli.operator import data_check, predict, report  # noqa: E402
+
+data_app.command("check")(data_check)
+app.command()(report)
+app.command()(predict)
 
 
 def run() -> None:

@@ -16,6 +16,7 @@ from fedmed.common.models import MODEL_NAMES
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
 OPTIMIZERS = ("sgd", "adam")
+STRATEGIES = ("fedavg", "fedadam")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class FederationConfig:
     val_fraction: float = 0.2
     seed: int = 0
     round_timeout: float = 1800.0
+    strategy: str = "fedavg"
+    server_lr: float = 1e-2
 
     def __post_init__(self) -> None:
         checks = [
@@ -51,6 +54,9 @@ class FederationConfig:
             (0.0 < self.val_fraction < 1.0,
              f"validation fraction: expected a number between 0 and 1, got {self.val_fraction}"),
             (self.round_timeout > 0, f"round timeout: expected seconds > 0, got {self.round_timeout}"),
+            (self.strategy in STRATEGIES,
+             f"strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
+            (self.server_lr > 0, f"server learning rate: expected a positive number, got {self.server_lr}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -52,9 +52,9 @@ def read_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, n
     path = Path(path)
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file; expected a MedMNIST-style .npz") from None
+    except (ValueError, OSError):
         raise ValueError(f"{path}: not a readable .npz file") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: expected a .npz archive of arrays, found a single array")

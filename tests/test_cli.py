@@ -1,0 +1,75 @@
+"""The `fedmed` command: examples in every --help, config files with flag overrides,
+one-line errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedmed.cli.main import app
+
+runner = CliRunner()
+
+COMMANDS = [[], ["demo"], ["data"], ["data", "synth"], ["simulate"], ["server"], ["server", "start"],
+            ["client"], ["init"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fedmed")
+def test_every_help_shows_an_example(command):
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Example: fedmed" in result.output
+
+
+def test_config_file_gives_defaults_and_flags_override(tmp_path, monkeypatch, synthetic_sites):
+    captured = {}
+
+    def fake_simulate(sites, config, out, **kwargs):
+        captured.update(sites=[s.name for s in sites], config=config, out=out, meta=kwargs.get("meta"))
+        return {"status": "completed"}
+
+    monkeypatch.setattr("fedmed.simulations.runner.simulate", fake_simulate)
+    config = tmp_path / "sim.toml"
+    config.write_text(f'data = "{synthetic_sites}"\nout = "{tmp_path / "run"}"\n'
+                      'rounds = 7\nmodel = "resnet18"\nbatch-size = 8\nno-dp = true\n')
+    result = runner.invoke(app, ["simulate", "--config", str(config), "--rounds", "2"])
+    assert result.exit_code == 0, result.output
+    assert captured["config"].rounds == 2              # the flag wins
+    assert captured["config"].model == "resnet18"      # the file fills in
+    assert captured["config"].batch_size == 8
+    assert captured["sites"] == ["A", "B", "C"]
+    assert captured["meta"]["dp"] is False
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("roundz = 3\n")
+    result = runner.invoke(app, ["simulate", "--config", str(config)], terminal_width=300)
+    assert result.exit_code != 0
+    assert "unknown key 'roundz'" in result.output
+
+
+def test_init_writes_examples_that_parse(tmp_path):
+    result = runner.invoke(app, ["init", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    import tomllib
+
+    assert tomllib.loads((tmp_path / "federation.toml").read_text())["rounds"] == 10
+    assert tomllib.loads((tmp_path / "site.toml").read_text())["site"] == "A"
+    again = runner.invoke(app, ["init", "--out", str(tmp_path)])
+    assert again.exit_code != 0 and "--force" in again.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "--out", "x"], "give exactly one of --data DIR or --npz FILE"),
+    (["simulate", "--out", "x", "--data", "/nonexistent-site-root"], "--data /nonexistent-site-root"),
+    (["simulate", "--out", "x", "--npz", "/nonexistent.npz"], "/nonexistent.npz"),
+    (["simulate", "--out", "x", "--data", ".", "--model", "vgg"], "model: expected one of cnn, resnet18"),
+    (["data", "synth", "--out", "x", "--sites", ","], "--sites"),
+])
+def test_bad_input_is_one_clear_line(args, message):
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
