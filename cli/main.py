@@ -252,6 +252,13 @@ app.command()(report)
 app.command()(predict)
 
 
+from fedmed.cli.operator import data_check, predict, report  # noqa: E402
+
+data_app.command("check")(data_check)
+app.command()(report)
+app.command()(predict)
+
+
 def run() -> None:
     app()
 

@@ -1,0 +1,181 @@
+"""Predict with a saved fedmed model, preprocessing exactly as training did.
+
+A checkpoint carries the model's name, its classes and the image settings it was trained
+with (`fedmed.common.checkpoint`); every file goes through the same `load_image` the sites
+train on, with those settings. A file that cannot be used gets a `Prediction` with its
+reason and the batch goes on; a model file that is not a usable fedmed model is refused
+up front with `ModelMismatch`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedmed.client.imaging import UnusableImage, load_image
+from fedmed.client.sitedata.labels import LABELS_FILE
+from fedmed.client.training import predict_proba
+from fedmed.common.checkpoint import load_checkpoint
+from fedmed.common.models import build_model
+from fedmed.common.settings import ImageSettings
+
+__all__ = ["LoadedModel", "ModelMismatch", "Prediction", "expand_inputs", "load_model",
+           "predict_files", "write_predictions_csv"]
+
+# Files are decoded and scored this many at a time, bounding memory on large folders.
+_CHUNK = 256
+
+
+class ModelMismatch(ValueError):
+    """The model file is not a fedmed model, or its weights do not fit what it declares."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    name: str
+    classes: tuple[str, ...]
+    settings: ImageSettings
+
+
+@dataclass
+class Prediction:
+    """One input file's result: class probabilities, or the reason it has none."""
+
+    path: str
+    probabilities: dict[str, float] = field(default_factory=dict)  # class -> probability
+    error: str = ""
+
+    @property
+    def predicted(self) -> str:
+        """The most probable class; "" for a file that could not be used."""
+        if not self.probabilities:
+            return ""
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+def load_model(model_path: str | os.PathLike[str]) -> LoadedModel:
+    """A checkpoint as a ready model. Raises ModelMismatch naming the file and what is wrong."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelMismatch(f"{path}: no such model file; give a run's model-final.pt")
+    try:
+        payload = load_checkpoint(path)
+    except ValueError as exc:
+        raise ModelMismatch(str(exc)) from None
+    missing = [k for k in ("model", "classes", "image", "state_dict") if k not in payload]
+    if missing:
+        raise ModelMismatch(f"{path}: fedmed model file without {', '.join(missing)}; it cannot be used")
+    try:
+        classes = tuple(str(c) for c in payload["classes"])
+        settings = ImageSettings.from_dict(payload["image"])
+        model = build_model(str(payload["model"]), len(classes), settings.size)
+    except (TypeError, ValueError) as exc:
+        raise ModelMismatch(f"{path}: {exc}") from None
+    _check_weights(path, model, payload["state_dict"], len(classes))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return LoadedModel(model, str(payload["model"]), classes, settings)
+
+
+def _check_weights(path: Path, model: torch.nn.Module, weights: dict, num_classes: int) -> None:
+    # load_state_dict's own error spans many lines; one line says what to do instead.
+    expected = model.state_dict()
+    if not isinstance(weights, dict):
+        raise ModelMismatch(f"{path}: state_dict is not a mapping of weights")
+    absent = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if absent or extra:
+        raise ModelMismatch(
+            f"{path}: weights do not match the declared model ({len(absent)} missing, "
+            f"{len(extra)} unexpected, e.g. {(absent or extra)[0]!r}); the file is damaged "
+            "or was saved by another program"
+        )
+    for key, tensor in expected.items():
+        shape = tuple(weights[key].shape)
+        if shape != tuple(tensor.shape):
+            raise ModelMismatch(
+                f"{path}: weight {key!r} has shape {shape}, but a model for the file's "
+                f"{num_classes} classes needs {tuple(tensor.shape)}; the classes stored "
+                "with the model do not match its weights"
+            )
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and every file below each folder given (sorted), skipping hidden
+    files and a site's labels.csv. Paths that do not exist are kept, to be reported."""
+    out: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [Path(dirpath) / n for n in filenames
+                      if not n.startswith(".") and n != LABELS_FILE]
+        out += sorted(found)
+    return out
+
+
+def predict_files(
+    model_path: str | os.PathLike[str] | LoadedModel,
+    paths: Sequence[str | os.PathLike[str]],
+) -> list[Prediction]:
+    """One Prediction per input file (folders are expanded, see `expand_inputs`), in order.
+
+    Raises ModelMismatch for an unusable model file; never for an input file.
+    """
+    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path)
+    files = expand_inputs(paths)
+    out: list[Prediction] = []
+    for start in range(0, len(files), _CHUNK):
+        out += _predict_chunk(loaded, files[start : start + _CHUNK])
+    return out
+
+
+def _predict_chunk(loaded: LoadedModel, files: list[Path]) -> list[Prediction]:
+    results = [Prediction(str(f)) for f in files]
+    images, scored = [], []
+    for i, f in enumerate(files):
+        if not f.exists():
+            results[i].error = "file not found"
+            continue
+        try:
+            x, _ = load_image(f, loaded.settings)
+        except UnusableImage as e:
+            results[i].error = e.reason
+            continue
+        except OSError:
+            results[i].error = "unreadable file"
+            continue
+        images.append(x)
+        scored.append(i)
+    if images:
+        # CPU: scoring files needs no GPU, and the numbers then do not depend on the card.
+        probs = predict_proba(loaded.model, np.stack(images)[:, None], torch.device("cpu"))
+        for i, p in zip(scored, probs):
+            results[i].probabilities = {c: float(v) for c, v in zip(loaded.classes, p)}
+    return results
+
+
+def write_predictions_csv(path: str | os.PathLike[str], predictions: Sequence[Prediction],
+                          classes: Sequence[str]) -> Path:
+    """`path,predicted,prob_<class>...,error`: one row per file; a file that could not be
+    used has empty probabilities and its reason in `error`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), "error"])
+        for p in predictions:
+            probs = [f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in classes]
+            writer.writerow([p.path, p.predicted, *probs, p.error])
+    return path
