@@ -33,9 +33,9 @@ def _npz_site_loader(npz_path: Path, train_idx: np.ndarray, val_idx: np.ndarray)
         splits = read_medmnist(npz_path)
         tx, ty = splits["train"]
         vx, vy = splits["val"]
+        # The site's data set: which records of which file it holds, whatever the run's settings.
         fingerprint = hashlib.sha256(
-            Path(npz_path).name.encode() + np.asarray(train_idx).tobytes()
-            + repr(sorted(config.image.to_dict().items())).encode()
+            Path(npz_path).name.encode() + np.asarray(train_idx).tobytes() + b"|" + np.asarray(val_idx).tobytes()
         ).hexdigest()
         return SiteData(
             classes=tuple(config.classes),

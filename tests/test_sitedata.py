@@ -287,7 +287,7 @@ def test_cache_second_load_decodes_nothing(tmp_path, monkeypatch):
     write_labels_csv(data, [replace(w, label=swapped[w.label]) for w in written])
     third = load_dicom_site(data, state, SETTINGS, CLASSES)
     assert len(decoded) == 5 and len(list((state / "cache").glob("*.npz"))) == 1
-    assert third.fingerprint != first.fingerprint
+    assert third.fingerprint == first.fingerprint  # same images: the same privacy ledger
     decoded.clear()
     load_dicom_site(data, state, ImageSettings(size=8, window=(200.0, 400.0)), CLASSES)
     assert len(decoded) == 5
@@ -301,12 +301,18 @@ def test_state_folder_inside_the_data_folder_is_ignored(tmp_path):
     assert first.skipped.counts == second.skipped.counts == {}
 
 
-def test_fingerprint_depends_on_settings(tmp_path):
+def test_fingerprint_names_the_data_set_not_the_runs_choices(tmp_path):
     data = tmp_path / "site"
-    write_labels_csv(data, write_patient(data, 1, 2, "normal") + write_patient(data, 2, 2, "abnormal"))
-    a = load_dicom_site(data, tmp_path / "state", SETTINGS, CLASSES, val_fraction=0.0)
-    b = load_dicom_site(data, tmp_path / "state", ImageSettings(size=8), CLASSES, val_fraction=0.0)
-    assert a.fingerprint != b.fingerprint
+    written = write_patient(data, 1, 2, "normal") + write_patient(data, 2, 2, "abnormal")
+    write_labels_csv(data, written)
+    a = load_dicom_site(data, tmp_path / "state", SETTINGS, CLASSES, val_fraction=0.5, seed=0)
+    # Another image size, seed or split: the same images, so the same privacy ledger.
+    b = load_dicom_site(data, tmp_path / "state", ImageSettings(size=8), CLASSES, val_fraction=0.3, seed=5)
+    assert a.fingerprint == b.fingerprint
+    # More images: another data set.
+    write_labels_csv(data, written + write_patient(data, 3, 2, "abnormal"))
+    c = load_dicom_site(data, tmp_path / "state", SETTINGS, CLASSES, val_fraction=0.5, seed=0)
+    assert c.fingerprint != a.fingerprint
 
 
 def test_skip_report_add():

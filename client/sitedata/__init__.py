@@ -13,7 +13,7 @@ patient-split arrays.
 from .medmnist import load_npz_arrays, read_medmnist
 from .report import SkipReport
 from .scan import SiteFile, scan_site
-from .site import SiteData, load_dicom_site, training_fingerprint
+from .site import SiteData, data_fingerprint, load_dicom_site
 from .split import split_by_patient
 
 __all__ = [
@@ -25,5 +25,5 @@ __all__ = [
     "read_medmnist",
     "scan_site",
     "split_by_patient",
-    "training_fingerprint",
+    "data_fingerprint",
 ]

@@ -24,14 +24,14 @@ from .report import SkipReport
 from .scan import SiteFile, scan_site
 from .split import split_by_patient
 
-__all__ = ["SiteData", "load_dicom_site", "training_fingerprint"]
+__all__ = ["SiteData", "data_fingerprint", "load_dicom_site"]
 
 
 @dataclass
 class SiteData:
     """A site's preprocessed images, split by patient. Stays at the site.
 
-    fingerprint: sha256 hex identifying the training data (see `training_fingerprint`),
+    fingerprint: sha256 hex identifying the site's data set (see `data_fingerprint`),
         for the site's privacy ledger.
     """
 
@@ -100,7 +100,7 @@ def load_dicom_site(
             "val": len({usable[i].patient for i in val}),
         },
         skipped=skipped,
-        fingerprint=training_fingerprint([usable[i] for i in train], classes, settings),
+        fingerprint=data_fingerprint(usable),
     )
 
 
@@ -129,12 +129,12 @@ def _decode_all(
     return CachedImages(images[:kept].copy(), reasons)
 
 
-def training_fingerprint(
-    train: Sequence[SiteFile], classes: Sequence[str], settings: ImageSettings
-) -> str:
-    """sha256 hex over the sorted (SOPInstanceUID, class name) pairs of the training
-    split, the class list and the image settings: equal exactly when a site trains on
-    the same images, labelled and preprocessed alike. Stays at the site."""
-    pairs = sorted((f.sop_uid, classes[f.label]) for f in train)
-    payload = {"images": pairs, "classes": list(classes), "settings": settings.to_dict()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+def data_fingerprint(files: Sequence[SiteFile]) -> str:
+    """sha256 hex over the sorted SOPInstanceUIDs of every usable image at the site, train
+    and validation alike. It names the data set the privacy ledger is spent on, so it must
+    not change with anything a run chooses: another seed or validation fraction moves
+    images between the splits, another image size or label mapping changes how they are
+    presented — none of that makes them other people's images, and none of it may reset
+    a site's budget. Stays at the site."""
+    uids = sorted(f.sop_uid for f in files)
+    return hashlib.sha256(json.dumps(uids).encode()).hexdigest()
