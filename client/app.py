@@ -35,14 +35,17 @@ log = logging.getLogger("fedmed.site")
 SiteResolver = Callable[[Context], Site]
 
 # Ray actors and `--isolation process` keep one Python process across messages: decoded
-# data is kept here so later rounds skip even the site's disk cache.
+# data is kept here so later rounds skip even the site's disk cache. A simulation with
+# more sites than actors runs several sites in one process, hence a few entries.
 _DATA_MEMO: dict[tuple, object] = {}
+_DATA_MEMO_SITES = 8
 
 
 def _site_data(site: Site, config: FederationConfig):
     key = (site.name, str(site.state_dir), config.image, config.classes, config.val_fraction, config.seed)
     if key not in _DATA_MEMO:
-        _DATA_MEMO.clear()
+        if len(_DATA_MEMO) >= _DATA_MEMO_SITES:
+            _DATA_MEMO.pop(next(iter(_DATA_MEMO)))
         _DATA_MEMO[key] = site.load_data(config)
     return _DATA_MEMO[key]
 

@@ -61,8 +61,13 @@ def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_r
     from fedmed.client.sitedata import read_medmnist
 
     splits = read_medmnist(Path(npz_path))
-    train_parts = partition_indices(splits["train"][1], num_sites, partition, seed)
-    val_parts = partition_indices(splits["val"][1], num_sites, partition, seed + 1)
+    n_train = len(splits["train"][1])
+    # One partition over train and val together, split back afterwards: a site's val
+    # then has the same label mix as its train part, which separate draws would not give.
+    labels = np.concatenate([splits["train"][1], splits["val"][1]])
+    parts = partition_indices(labels, num_sites, partition, seed)
+    train_parts = [p[p < n_train] for p in parts]
+    val_parts = [p[p >= n_train] - n_train for p in parts]
     return [
         Site(name=f"site{i}", state_dir=Path(state_root) / f"site{i}",
              load_data=_npz_site_loader(Path(npz_path).resolve(), train_parts[i], val_parts[i]),

@@ -57,6 +57,7 @@ def _load_plan(path: Path) -> RunPlan | None:
 
 
 def _save_plan(path: Path, plan: RunPlan) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(plan), indent=2))
     os.replace(tmp, path)

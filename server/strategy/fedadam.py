@@ -10,6 +10,10 @@ to `super().aggregate_train` lands in Flower's FedAdam.
 
 from __future__ import annotations
 
+from typing import Iterable
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam
 
 from fedmed.server.strategy.fedavg import SiteAwareFedAvg
@@ -23,3 +27,18 @@ class SiteAwareFedAdam(SiteAwareFedAvg, FedAdam):
 
     def __init__(self, *, min_sites: int, server_lr: float = 1e-2, **kwargs) -> None:
         super().__init__(min_sites=min_sites, eta=server_lr, eta_l=server_lr, tau=1e-3, **kwargs)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """As SiteAwareFedAvg, with the global model kept in float32.
+
+        Flower's FedAdam multiplies by a NumPy float64 step size, which silently turns the
+        float32 weights into float64; sites train in float32, and the update checks
+        (rightly) refuse a site update whose dtype differs from the global model's.
+        """
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        state = arrays.to_torch_state_dict()
+        return ArrayRecord({k: v.float() if v.dtype == torch.float64 else v for k, v in state.items()}), metrics
