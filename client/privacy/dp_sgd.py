@@ -42,21 +42,38 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models import ResNet
+
+from fedmed.common.models import SmallCNN
 
 MODES = ("hooks", "functorch", "ew", "ghost")
 """Opacus grad-sample modes fedmed may train with."""
 
-MEASURED_BEST_MODE: dict[str, str] = {
-    # Fastest mode per model, from `python -m benchmarks.dp_cost` (batch 64, one channel,
-    # 2-core AMD EPYC, DP and plain steps interleaved; DP/plain step-time ratio):
-    #   cnn 64×64:      ghost 2.3×, hooks 4.6×, functorch 4.9×, ew 5.0×
-    #   cnn 28×28:      ghost 1.9×, hooks 2.4×, functorch 2.6×, ew 2.6×
-    #   resnet18 28×28: ghost 2.7×, hooks 2.9×, functorch 3.0×; ew fails on GroupNorm
-    # Ghost clipping wins because it never materialises the per-record gradient of the
-    # large first fully connected layer (64 × 2.1 M floats at 64×64).
-    "cnn": "ghost",
-    "resnet18": "ghost",
+MEASURED_BEST_MODE: dict[tuple[str, str], str] = {
+    # (model, device type) -> fastest mode, from `python -m benchmarks.dp_cost`: batch 64,
+    # one channel, DP and plain steps interleaved, DP/plain step-time ratio.
+    # CPU: 2-core AMD EPYC shared with other jobs, one torch thread; wall-clock ratio
+    # (ratio of CPU time):
+    #   cnn 64×64:      ghost 2.0× (2.0×), ew 3.2× (3.3×), hooks 3.9× (3.8×), functorch 4.6×
+    #   cnn 28×28:      ghost 2.0× (2.0×), ew 3.8× (4.3×), hooks 5.0× (4.8×), functorch 5.5×
+    #   resnet18 28×28: hooks 4.1× (3.3×), ghost 4.5× (4.1×), ew 4.7× (2.9×), functorch 5.4×
+    #   resnet18 64×64: ew 4.7× (4.4×), hooks 5.1× (5.0×), ghost 6.8× (6.6×), functorch 51×
+    # Ghost clipping wins for the CNN because it never materialises the per-record gradient
+    # of its first fully connected layer (64 × 2.1 M floats at 64×64). ResNet-18 is almost
+    # all convolutions, whose per-record gradients ghost must form too, and then it pays a
+    # second backward pass. There hooks and ew tie within the noise of 4 timed steps; hooks
+    # is Opacus' reference path, while ew rests on a private PyTorch module.
+    # CUDA: one H200, 10 timed steps: cnn 64×64 ew 2.4×, hooks 2.6×, ghost 3.2×, functorch
+    #   3.9×; resnet18 28×28 ew 3.7× (10 GB peak), hooks 4.0× (4.2 GB), ghost 5.2×, functorch
+    #   8.2×. There the GPU is idle between small kernels and ghost's second backward pass
+    #   costs more than it saves; hooks is within 10 % of ew at under half its memory.
+    ("cnn", "cpu"): "ghost",
+    ("resnet18", "cpu"): "hooks",
+    ("cnn", "cuda"): "hooks",
+    ("resnet18", "cuda"): "hooks",
 }
+
+_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (ResNet, "resnet18"))
 
 ACCOUNTANT = "prv"
 """The accountant handed to Opacus' engine (the site's default too); see module docstring."""
@@ -102,14 +119,16 @@ def dp_schedule(
     )
 
 
-def best_mode(model_name: str) -> str:
-    """The grad-sample mode fedmed trains `model_name` with (see `MEASURED_BEST_MODE`)."""
+def best_mode(model_name: str, device_type: str = "cpu") -> str:
+    """The grad-sample mode fedmed trains `model_name` with on a `device_type` ("cpu" or
+    "cuda") device, as measured (`MEASURED_BEST_MODE`)."""
     try:
-        return MEASURED_BEST_MODE[model_name]
+        return MEASURED_BEST_MODE[(model_name, device_type)]
     except KeyError:
+        known = ", ".join(f"{m} on {d}" for m, d in MEASURED_BEST_MODE)
         raise ValueError(
-            f"DP-SGD: no measured grad-sample mode for model {model_name!r}; "
-            f"known: {', '.join(MEASURED_BEST_MODE)}"
+            f"DP-SGD: no measured grad-sample mode for model {model_name!r} on {device_type!r}; "
+            f"known: {known}"
         ) from None
 
 
@@ -166,11 +185,14 @@ def make_private_training(
 ) -> PrivateTraining:
     """Wrap (model, optimizer, records) for DP-SGD with Opacus.
 
-    `mode` defaults to `best_mode(model_name)` when a name is given, else ``"hooks"``
-    (Opacus' default, which works with every layer it supports). `seed` fixes both the
-    Poisson sampling and the noise, so on the CPU a seed reproduces the run's weights.
+    `mode` defaults to `best_mode` for `model_name` (else the model's class: `SmallCNN` is
+    "cnn", a torchvision ResNet "resnet18") on the device the model's weights are on; for
+    any other model it is ``"hooks"``, Opacus' default, which works with every layer it
+    supports. `seed` fixes the Poisson sampling, the noise and dropout, so on the CPU a seed
+    reproduces the run's weights. `optimizer` must be over `model`'s parameters; the
+    returned one wraps it. A noise multiplier of 0 trains without privacy (for checks).
     """
-    mode = mode or (best_mode(model_name) if model_name else "hooks")
+    mode = mode or _default_mode(model, model_name)
     if mode not in MODES:
         raise ValueError(f"DP-SGD: grad-sample mode must be one of {', '.join(MODES)}, got {mode!r}")
     schedule = dp_schedule(len(x), batch_size, noise_multiplier, max_grad_norm)
@@ -202,10 +224,21 @@ def make_private_training(
     )
 
 
+def _default_mode(model: nn.Module, model_name: str | None) -> str:
+    if model_name is None:
+        model_name = next((name for cls, name in _MODEL_CLASSES if isinstance(model, cls)), None)
+    device_type = next(model.parameters()).device.type
+    if model_name is None or (model_name, device_type) not in MEASURED_BEST_MODE:
+        return "hooks"
+    return best_mode(model_name, device_type)
+
+
 def _engine() -> PrivacyEngine:
-    # secure_mode needs torchcsprng and forbids seeding; a site's threat model is its
-    # released weights, not an attacker with the floating-point noise bits, so it stays off
-    # and Opacus' reminder about it is noise in a site's log.
+    # secure_mode needs torchcsprng and forbids seeded noise, which reproducible runs need.
+    # Without it the noise comes from torch's PRNG, without Opacus' defence against
+    # floating-point attacks on Gaussian sampling (Jin et al. 2022, "Are We There Yet?
+    # Timing and Floating-Point Attacks on Differential Privacy Systems"): a known trade-off,
+    # so Opacus' warning about it would only repeat itself in every round's log.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         return PrivacyEngine(accountant=ACCOUNTANT, secure_mode=False)

@@ -1,0 +1,192 @@
+"""A real deployment on loopback: `fedmed server start --insecure` and three
+`fedmed client --insecure` processes, each client talking through a byte-counting relay.
+
+Each site's SuperNode connects to its own relay port instead of the SuperLink's; the relay
+copies the TCP stream both ways and counts the bytes, so the counts are what crossed the
+wire for that site (Flower 1.42's Fleet API is HTTP with protobuf bodies: headers, the
+SuperNode's polls and heartbeats included; no TLS with ``--insecure``). The
+counters are read each time the coordinator appends a row to ``metrics.jsonl``, which
+splits the traffic by round: everything between the end of round r-1 and the end of
+round r -- the training and evaluation messages and the SuperNode's polls -- is round r.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmed.common.processes import free_port
+
+from benchmarks.proctree import TreeMemory
+
+_CHUNK = 1 << 16
+
+
+@dataclass
+class Relay:
+    """A TCP relay from a local port to `target`, counting bytes in each direction."""
+
+    target: tuple[str, int]
+    port: int = field(default_factory=free_port)
+    up: int = 0      # site -> coordinator
+    down: int = 0    # coordinator -> site
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name=f"relay-{self.port}").start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream, "up"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, "down"), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        try:
+            while True:
+                data = src.recv(_CHUNK)
+                if not data:
+                    break
+                dst.sendall(data)
+                with self._lock:
+                    setattr(self, direction, getattr(self, direction) + len(data))
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.up, self.down
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+
+
+def _fedmed_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "fedmed"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fedmed.cli.main"]
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    # A session of its own, so the whole tree (SuperLink, SuperNode, app processes) can
+    # be stopped by this process group's id.
+    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
+        batch_size: int, timeout: float) -> dict[str, Any]:
+    """Run the federation; return per-round timings, bytes per site and memory."""
+    work.mkdir(parents=True, exist_ok=True)
+    run_dir = work / "run"
+    port = free_port()
+    relays = {site: Relay(("127.0.0.1", port)) for site in sites}
+    fedmed = _fedmed_cmd()
+    started = time.perf_counter()
+    boundaries: list[dict[str, Any]] = []
+    load_before = os.getloadavg()[0]
+    with TreeMemory() as memory:
+        server = _start(fedmed + [
+            "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
+            "--rounds", str(rounds), "--min-sites", str(len(sites)), "--out", str(run_dir),
+            "--image-size", str(image_size), "--batch-size", str(batch_size),
+            "--round-timeout", "300", "--seed", "0",
+        ], work / "server.log")
+        clients = [
+            _start(fedmed + [
+                "client", "--site", site, "--data", str(data_root / site),
+                "--server", f"127.0.0.1:{relays[site].port}", "--state", str(work / "state" / site),
+                "--insecure", "--no-dp",
+            ], work / f"client-{site}.log")
+            for site in sites
+        ]
+        code = None
+        try:
+            deadline = started + timeout
+            while time.perf_counter() < deadline:
+                rows = _rows(run_dir / "metrics.jsonl")
+                while len(boundaries) < len(rows):
+                    boundaries.append({"t": time.perf_counter() - started,
+                                       "bytes": {s: relays[s].counts() for s in sites}})
+                code = server.poll()
+                if code is not None:
+                    break
+                time.sleep(0.1)
+        finally:
+            _stop(server)
+            for c in clients:
+                _stop(c)
+            for r in relays.values():
+                r.close()
+    total = time.perf_counter() - started
+    rows = _rows(run_dir / "metrics.jsonl")
+    per_round = []
+    previous = {s: (0, 0) for s in sites}
+    for row, mark in zip(rows, boundaries):
+        per_round.append({
+            "round": row["round"],
+            "seconds": row["seconds"],
+            "end_s": mark["t"],
+            "train": {k: v.get("train_seconds", 0.0) for k, v in row["sites"].items()},
+            "status": {k: v.get("status", "?") for k, v in row["sites"].items()},
+            "bytes_up": {s: mark["bytes"][s][0] - previous[s][0] for s in sites},
+            "bytes_down": {s: mark["bytes"][s][1] - previous[s][1] for s in sites},
+        })
+        previous = mark["bytes"]
+    log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""
+    return {
+        "exit_code": code,
+        "completed": code == 0 and len(rows) == rounds,
+        "rounds": per_round,
+        "total_s": total,
+        "time_to_round1_s": per_round[0]["end_s"] if per_round else None,
+        "relay_connections": {s: r.connections for s, r in relays.items()},
+        "memory": memory.summary(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "server_log_tail": log_tail,
+    }

@@ -1,0 +1,134 @@
+"""Peak memory of this process and everything it started (Ray's daemons and workers
+included), sampled from /proc while a benchmark runs.
+
+Two sums are kept, because they answer different questions:
+
+- RSS: each process's resident set, summed. Pages shared between processes (torch's
+  libraries, mapped once per worker) are counted once per process, so this overstates
+  what the tree really occupies; it is what `ps` and most monitors show.
+- PSS (proportional set size, from ``smaps_rollup``): shared pages split between the
+  processes sharing them, so the sum is the tree's real share of the machine's memory.
+
+Sampling misses peaks shorter than the interval; at 0.5 s that matters only for spikes
+no round-long benchmark is sized by.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PROC = Path("/proc")
+MIB = 1024 * 1024
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        # The command name is in parentheses and may itself hold spaces or parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it."""
+    children = _children_map()
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def _kib_field(path: Path, name: str) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def process_kind(pid: int) -> str:
+    """A short label: Ray names its worker processes ``ray::<actor or task>``."""
+    try:
+        argv = (_PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    first = argv[0].decode(errors="replace") if argv else ""
+    if first.startswith("ray::"):
+        return first.split()[0]
+    return Path(first).name or "?"
+
+
+@dataclass
+class TreeMemory:
+    """Samples the process tree under `root` every `interval` seconds until stopped."""
+
+    root: int = field(default_factory=os.getpid)
+    interval: float = 0.5
+    peak_rss: int = 0          # bytes, sum over the tree at its largest sample
+    peak_pss: int = 0
+    peak_processes: int = 0
+    per_kind_peak_rss: dict[str, int] = field(default_factory=dict)  # largest single process
+    per_kind_peak_pss: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        rss = pss = 0
+        pids = descendants(self.root)
+        for pid in pids:
+            base = _PROC / str(pid)
+            r = _kib_field(base / "status", "VmRSS")
+            if r is None:
+                continue
+            rss += r * 1024
+            kind = process_kind(pid)
+            self.per_kind_peak_rss[kind] = max(self.per_kind_peak_rss.get(kind, 0), r * 1024)
+            p = (_kib_field(base / "smaps_rollup", "Pss") or r) * 1024
+            pss += p
+            self.per_kind_peak_pss[kind] = max(self.per_kind_peak_pss.get(kind, 0), p)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
+        self.peak_processes = max(self.peak_processes, len(pids))
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "TreeMemory":
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict:
+        return {
+            "peak_rss_mib": round(self.peak_rss / MIB, 1),
+            "peak_pss_mib": round(self.peak_pss / MIB, 1),
+            "peak_processes": self.peak_processes,
+            "per_kind_peak_rss_mib": {k: round(v / MIB, 1) for k, v in sorted(self.per_kind_peak_rss.items())},
+            "per_kind_peak_pss_mib": {k: round(v / MIB, 1) for k, v in sorted(self.per_kind_peak_pss.items())},
+            "samples": self.samples,
+        }
