@@ -17,7 +17,9 @@ FEDERATION_EXAMPLE = """\
 # Every key is a flag of `fedmed server start`; flags on the command line win.
 
 out = "runs/consortium-1"        # run folder: metrics.jsonl, checkpoints/, model-final.pt
-address = "0.0.0.0:9092"         # where sites connect
+address = "0.0.0.0:9092"         # where sites connect (the public, TLS-only port)
+certs = "certs"                  # fedmed certs init --out certs --server-name ...
+sites-dir = "site-keys"          # enrolled sites: one SITE.pub each (fedmed certs site)
 rounds = 10                      # federated rounds
 min-sites = 3                    # sites a round needs; fewer ends the run cleanly
 round-timeout = 1800             # seconds to wait for the sites in a round
@@ -39,6 +41,7 @@ SITE_EXAMPLE = """\
 site = "A"                       # this hospital's name in the federation's reports
 data = "/pacs-export"            # DICOM folder: labels.csv (SOPInstanceUID,label) or class sub-folders
 server = "coordinator.example.org:9092"
+certs = "site-certs"             # ca.crt and this site's key (fedmed certs site A --out site-certs)
 # state = "/var/lib/fedmed/A"    # cache and privacy ledger; default ~/.fedmed/sites/<site>
 
 # Privacy: this site's budget for everything it will ever train on this data.

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from fedmed.cli.certs import certs_app
+from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.common.federation import FederationConfig, parse_classes
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
@@ -31,6 +32,7 @@ server_app = typer.Typer(help="The coordinator.\n\nExample: fedmed server start 
 app.add_typer(data_app, name="data")
 app.add_typer(server_app, name="server")
 app.add_typer(certs_app, name="certs")
+server_app.command("enroll")(server_enroll)
 
 # Training options shared by `simulate` and `server start` (the coordinator decides them).
 Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
@@ -80,7 +82,8 @@ def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, wi
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path("demo"),
-    rounds: Rounds = 5,
+    rounds: Rounds = 6,
+    epochs: Epochs = 3,
     images_per_site: Annotated[int, typer.Option("--images-per-site")] = 240,
 ) -> None:
     """Synthetic DICOM for three hospitals, then a short federation on this machine.
@@ -89,7 +92,10 @@ def demo(
     """
     from fedmed.simulations.demo import run_demo
 
-    status = run_demo(out, rounds=rounds, images_per_site=images_per_site)
+    try:
+        status = run_demo(out, rounds=rounds, epochs=epochs, images_per_site=images_per_site)
+    except ValueError as exc:
+        _fail(str(exc))
     raise typer.Exit(0 if status["status"] == "completed" else 1)
 
 
@@ -179,24 +185,37 @@ def simulate(
 
 @server_app.command("start")
 def server_start(
-    out: Annotated[Path, typer.Option("--out", help="Run folder for metrics, checkpoints and the final model.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for metrics, checkpoints, the final model and the audit log.")] = None,
     address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to.")] = "127.0.0.1:9092",
-    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS; binds to loopback only.")] = False,
+    certs: Annotated[Optional[Path], typer.Option("--certs", help="Folder with ca.crt, server.crt, server.key (fedmed certs init).")] = None,
+    sites_dir: Annotated[Optional[Path], typer.Option("--sites-dir", help="Folder of enrolled sites' public keys, SITE.pub (fedmed certs site).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no site keys; binds to loopback only.")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run folder after its last completed round (its config is used).")] = None,
+    max_update_ratio: Annotated[float, typer.Option("--max-update-ratio", help="Reject a site's update that moves the model by more than this times its norm.")] = 50.0,
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
     optimizer: Optimizer = "adam", model: Model = "cnn", image_size: ImageSize = 64,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0,
+    config_file: ConfigFile = None,
 ) -> None:
-    """Start the coordinator: run the federation's rounds and write the run folder.
+    """Start the coordinator: enroll the sites, run the federation's rounds, write the run folder.
 
+    Example: fedmed server start --certs certs --sites-dir site-keys --address 0.0.0.0:9092 --rounds 3 --min-sites 3 --out runs/r1
+    Example: fedmed server start --certs certs --sites-dir site-keys --address 0.0.0.0:9092 --resume runs/r1
     Example: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1
     """
     from fedmed.server.deployment import DeploymentError, ServerOptions, start_server
+    from fedmed.server.strategy.update_checks import UpdateLimits
 
-    config = _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
-                         min_sites, seed, round_timeout)
+    if (out is None) == (resume is None):
+        _fail("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one")
+    config = None if resume else _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size,
+                                             window, classes, min_sites, seed, round_timeout)
     try:
-        code = start_server(ServerOptions(out_dir=out, config=config, address=address, insecure=insecure))
+        options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
+                                certs=certs, sites_dir=sites_dir, resume=resume is not None,
+                                update_limits=UpdateLimits(max_update_ratio=max_update_ratio))
+        code = start_server(options)
     except (DeploymentError, ValueError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)
@@ -208,15 +227,19 @@ def client(
     data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder (labels.csv or class sub-folders).")],
     server: Annotated[str, typer.Option("--server", help="The coordinator's HOST:PORT.")] = "127.0.0.1:9092",
     state: Annotated[Optional[Path], typer.Option("--state", help="Site state folder (cache, privacy ledger); default ~/.fedmed/sites/<site>.")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Connect without TLS.")] = False,
+    certs: Annotated[Optional[Path], typer.Option("--certs", help="Folder with the federation's ca.crt and this site's SITE.key (fedmed certs site).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Connect without TLS or a key; loopback only.")] = False,
+    approve: Annotated[Optional[list[str]], typer.Option("--approve", help="Also run app bundles with this SHA-256 (repeatable); fedmed's own is always approved.")] = None,
     epsilon: Annotated[float, typer.Option("--epsilon", help="This site's privacy budget (epsilon) over all runs on its data.")] = 8.0,
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5, N = training images).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the run's outputs).")] = False,
     classes: Classes = ",".join(DEFAULT_CLASSES),
+    config_file: ConfigFile = None,
 ) -> None:
     """Join a federation as one hospital: images stay here, only weight updates leave.
 
+    Example: fedmed client --site A --data /pacs-export --server fl.example.org:9092 --certs site-certs
     Example: fedmed client --site A --data /pacs-export --server 127.0.0.1:9092 --insecure
     """
     from fedmed.client.privacy.policy import PrivacyPolicy
@@ -225,7 +248,8 @@ def client(
     try:
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
         code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
-                                        insecure=insecure, privacy=privacy, classes=parse_classes(classes)))
+                                        insecure=insecure, certs=certs, approve=tuple(approve or ()),
+                                        privacy=privacy, classes=parse_classes(classes)))
     except (ClientSetupError, ValueError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)
@@ -245,13 +269,6 @@ def init(
 
 
 # The operator's commands live in fedmed.cli.operator.
-from fedmed.cli.operator import data_check, predict, report  # noqa: E402
-
-data_app.command("check")(data_check)
-app.command()(report)
-app.command()(predict)
-
-
 from fedmed.cli.operator import data_check, predict, report  # noqa: E402
 
 data_app.command("check")(data_check)

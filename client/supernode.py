@@ -1,21 +1,45 @@
 """`fedmed client`: this site's SuperNode, connected to the coordinator.
 
-The SuperNode is Flower's site process: it fetches messages from the coordinator's
-SuperLink and runs fedmed's ClientApp (installed here) for each. Its node config carries
-the site's name and folders; they stay on this machine — the ClientApp reads them from
-the node config, the coordinator never sees them.
+Two processes run at the site:
+
+- the SuperNode (Flower's site process), which fetches messages from the coordinator
+  over TLS, checking the coordinator's certificate against the federation CA
+  (`--certs DIR/ca.crt`) and authenticating with the site's enrolled key
+  (`--certs DIR/SITE.key`). It runs in `--isolation process`: it queues each message
+  and runs nothing itself;
+- fedmed's executor (`client/app_executor.py`), which takes those messages and runs
+  fedmed's installed ClientApp on them — but only for runs whose app bundle the site
+  approved (`client/app_approval.py`); any other run is declined and logged here.
+
+The SuperNode's node config carries the site's name and folders; they stay on this
+machine — the ClientApp reads them from the node config, the coordinator never sees
+them. `--insecure` (no TLS, no key) is for trying fedmed on one machine: it connects
+to loopback only.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import default_state_dir
-from fedmed.common.settings import DEFAULT_CLASSES
+from fedmed.common.certs import CertError, site_material
 from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop
+from fedmed.common.settings import DEFAULT_CLASSES
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Present while the site runs; left behind by a crash. The coordinator keeps a crashed
+# site's session open until it misses two 30 s heartbeats and refuses the same key
+# meanwhile, so a site restarting after a crash retries joining for this long.
+RUNNING_MARKER = "supernode.running"
+REJOIN_WINDOW = 100.0
+REJOIN_RETRY = 10.0
 
 
 class ClientSetupError(ValueError):
@@ -29,6 +53,8 @@ class ClientOptions:
     server: str
     state_dir: Path | None = None
     insecure: bool = False
+    certs: Path | None = None
+    approve: tuple[str, ...] = ()
     privacy: PrivacyPolicy = PrivacyPolicy()
     classes: tuple[str, ...] = DEFAULT_CLASSES
 
@@ -56,9 +82,42 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
         *(f"{key}={_toml_value(value)}" for key, value in options.privacy.to_node_config().items()),
     ])
     cmd = [executable("flower-supernode"), "--superlink", options.server,
-           "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port)]
+           "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port),
+           "--isolation", "process"]
     if options.insecure:
         cmd.append("--insecure")
+    else:
+        material = _material(options)
+        cmd += ["--root-certificates", str(material.ca_cert.resolve()),
+                "--auth-supernode-private-key", str(material.private_key.resolve())]
+    return cmd
+
+
+def _material(options: ClientOptions):
+    if options.certs is None:
+        raise ClientSetupError("--certs DIR is required (TLS is the default): the folder with the "
+                               f"federation's ca.crt and this site's {options.site}.key (make the key "
+                               f"with `fedmed certs site {options.site} --out DIR --ca ca.crt`); or "
+                               "pass --insecure to try fedmed on this machine only")
+    try:
+        return site_material(Path(options.certs), options.site)
+    except CertError as exc:
+        raise ClientSetupError(str(exc)) from None
+
+
+def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path) -> list[str]:
+    """fedmed's executor for the SuperNode's tasks (see `client/app_executor.py`)."""
+    from fedmed.client.app_approval import parse_hashes
+
+    try:
+        approved = sorted(parse_hashes(options.approve))
+    except ValueError as exc:
+        raise ClientSetupError(str(exc)) from None
+    cmd = [sys.executable, "-m", "fedmed.client.app_executor",
+           "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--site", options.site,
+           "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid())]
+    for value in approved:
+        cmd += ["--approve", value]
     return cmd
 
 
@@ -79,16 +138,23 @@ def preflight(options: ClientOptions, classes: tuple[str, ...]) -> str:
 
 
 def run_client(options: ClientOptions) -> int:
-    """Join the federation and serve it until stopped; returns the SuperNode's exit code."""
+    """Join the federation and serve it until stopped; returns the exit code of whichever
+    of the SuperNode and the executor ended first."""
     if not options.site or not options.site.replace("-", "").replace("_", "").isalnum():
         raise ClientSetupError(f"--site {options.site!r}: expected a short name of letters, "
                                "digits, '-' or '_' (it is how the coordinator will know this site)")
     if not Path(options.data_dir).is_dir():
         raise ClientSetupError(f"--data {options.data_dir}: not a folder; point it at the site's "
                                "DICOM export (labels.csv or class sub-folders)")
-    if not options.insecure:
-        raise ClientSetupError("TLS is not set up for this site yet: pass --insecure to connect "
-                               "without it (loopback only)")
+    host, _ = split_address(options.server, "--server")
+    if options.insecure:
+        if host not in LOOPBACK:
+            raise ClientSetupError(f"--server {options.server}: --insecure connects only to loopback; "
+                                   "use --certs DIR to join a remote coordinator over TLS")
+        if options.certs is not None:
+            raise ClientSetupError("--insecure connects without TLS or a key: drop --certs or drop --insecure")
+    else:
+        _material(options)
     print(preflight(options, options.classes), flush=True)
     if options.privacy.enabled:
         print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
@@ -98,12 +164,44 @@ def run_client(options: ClientOptions) -> int:
     state_dir = Path(options.state_dir or default_state_dir(options.site))
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
-    cmd = supernode_command(options, free_port())
-    # Flower installs each run's app bundle under FLWR_HOME; keep it in the site's state.
-    process = start(cmd, None, flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())}))
+    marker = state_dir / RUNNING_MARKER
+    rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
+    marker.write_text(str(os.getpid()))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly, as on Ctrl-C
     try:
-        return process.wait()
+        while True:
+            # Flower's SuperNode exits with status 1 for every error (its own code, 305
+            # for a refused connection, is only printed), so any failure counts here.
+            supernode_failed, code = _serve(options, state_dir)
+            if not supernode_failed or time.monotonic() > rejoin_until:
+                return code
+            print(f"site {options.site}: the coordinator refused this site; it still holds the "
+                  f"session of this site's previous (crashed) run, retrying in {REJOIN_RETRY:g} s",
+                  flush=True)
+            time.sleep(REJOIN_RETRY)
     except KeyboardInterrupt:
         return 130
     finally:
-        stop(process)
+        marker.unlink(missing_ok=True)
+
+
+def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
+    """Run the SuperNode and the executor until either ends; return (whether the
+    SuperNode ended with an error, the exit code of the one that ended)."""
+    runtime_port = free_port()
+    # Flower keeps each run's app bundle under FLWR_HOME; keep it in the site's state.
+    env = flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())})
+    processes = [start(supernode_command(options, runtime_port), None, env)]
+    try:
+        processes.append(start(executor_command(options, runtime_port, state_dir), None, env))
+        # Either process ending ends the site: a SuperNode without its executor would
+        # accept work it never does.
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        supernode = processes[0].returncode
+        return (supernode not in (None, 0),
+                supernode if supernode is not None else processes[1].returncode)
+    finally:
+        for process in reversed(processes):
+            stop(process)

@@ -3,6 +3,13 @@
 In a deployment the SuperLink starts it in its own process with the run config key
 `fedmed-config` pointing at the run folder's `config.json` (written by
 `fedmed server start`); a simulation builds it with `make_server_app`.
+
+`config.json` may also carry, besides the federation's settings:
+  update_limits   how large an update may be (`strategy/update_checks.py`)
+  resume_from     the last completed round of an interrupted run in this folder: the
+                  run starts from that round's checkpoint and carries on numbering
+  sites           enrolled sites, {node_id: name}, so replies are attributed to the
+                  name a site was enrolled under
 """
 
 from __future__ import annotations
@@ -16,11 +23,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedmed.common.checkpoint import load_checkpoint
 from fedmed.common.federation import FederationConfig
 from fedmed.common.models import build_model
 from fedmed.common.protocol import FEDERATION_KEY
-from fedmed.server.outputs import CONFIG_FILE, RunRecorder
-from fedmed.server.strategy import FederationStopped, SiteAwareFedAvg
+from fedmed.server.audit import AuditLog
+from fedmed.server.enrollment import node_names
+from fedmed.server.outputs import RunRecorder
+from fedmed.server.strategy import FederationStopped
+from fedmed.server.strategy.registry import build_strategy
+from fedmed.server.strategy.update_checks import UpdateLimits
 
 log = logging.getLogger("fedmed.server")
 
@@ -33,6 +45,16 @@ def initial_arrays(config: FederationConfig) -> ArrayRecord:
     return ArrayRecord(build_model(config.model, len(config.classes), config.image.size).state_dict())
 
 
+def resume_point(out_dir: Path, config: FederationConfig, server_round: int) -> tuple[ArrayRecord, dict]:
+    """The global weights and strategy state after `server_round` of a run in `out_dir`."""
+    path = Path(out_dir) / "checkpoints" / f"round-{server_round:03d}.pt"
+    payload = load_checkpoint(path)
+    if payload.get("federation", {}).get("model") != config.model or \
+            list(payload.get("classes", [])) != list(config.classes):
+        raise ValueError(f"{path}: trained with another model or classes than this run's config.json")
+    return ArrayRecord(payload["state_dict"]), dict(payload.get("strategy_state") or {})
+
+
 def run_federation(
     grid: Grid,
     config: FederationConfig,
@@ -41,16 +63,38 @@ def run_federation(
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run all rounds on `grid`; return the status written to `status.json`."""
-    recorder = RunRecorder(out_dir, config, meta, on_round)
-    strategy = SiteAwareFedAvg(
-        min_sites=config.min_sites, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate
+    meta = dict(meta or {})
+    resume_from = int(meta.get("resume_from") or 0)
+    audit = AuditLog(out_dir)
+    enrolled = meta.get("sites") if isinstance(meta.get("sites"), dict) else {}
+    strategy = build_strategy(
+        config,
+        on_event=audit.record,
+        limits=UpdateLimits.from_dict(meta.get("update_limits")),
+        first_round=resume_from + 1,
+        # A deployment enrolls {node_id: name}; a simulation's meta lists names only.
+        node_names={int(k): str(v) for k, v in enrolled.items()},
+        names_source=(lambda: node_names(out_dir)) if enrolled else None,
     )
+    recorder = RunRecorder(out_dir, config, meta, on_round, resume_after=resume_from,
+                           checkpoint_extra=strategy.state)
+    strategy.on_train, strategy.on_evaluate = recorder.on_train, recorder.on_evaluate
+    if resume_from:
+        arrays, state = resume_point(out_dir, config, resume_from)
+        strategy.load_state(state)
+        recorder.last_arrays = arrays
+    else:
+        arrays = initial_arrays(config)
+    remaining = config.rounds - resume_from
     record = ConfigRecord({FEDERATION_KEY: config.to_json()})
     try:
+        if remaining <= 0:
+            recorder.finish("completed", final_arrays=arrays)
+            return {"status": "completed", "reason": ""}
         result = strategy.start(
             grid=grid,
-            initial_arrays=initial_arrays(config),
-            num_rounds=config.rounds,
+            initial_arrays=arrays,
+            num_rounds=remaining,
             timeout=config.round_timeout,
             train_config=record,
             evaluate_config=ConfigRecord({FEDERATION_KEY: config.to_json()}),

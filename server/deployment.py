@@ -1,29 +1,48 @@
 """`fedmed server start`: a SuperLink, the fedmed app submitted to it, the rounds watched.
 
-The coordinator's machine runs three things: the SuperLink (Flower's coordinator process,
-which the sites' SuperNodes connect to), the ServerApp it starts for the run (fedmed's
-`server/app.py`, which writes the run folder), and this function, which submits the run,
-prints a table row as each round lands in `metrics.jsonl`, and turns the run's
-`status.json` into an exit code — Flower itself reports a run whose sites all failed as
-completed.
+The coordinator's machine runs, by default (TLS):
+
+- the SuperLink (Flower's coordinator process) bound to 127.0.0.1 on a free port, with
+  TLS and SuperNode authentication: only SuperNodes whose keys were enrolled join;
+- fedmed's proxy (`server/proxy.py`) on the public `--address`: TLS with the
+  coordinator's certificate, Fleet API calls passed to the SuperLink, everything else
+  (run submission, stopping, enrolment) refused — those stay on loopback;
+- the ServerApp the SuperLink starts for the run (`server/app.py`), which writes the run
+  folder;
+- this function, which enrolls the sites' keys, submits the run, prints a table row as
+  each round lands in `metrics.jsonl`, turns the run's `status.json` into an exit code
+  (Flower itself reports a run whose sites all failed as completed), and writes run
+  start and end to the audit log.
+
+`--insecure` (no TLS, no site authentication, no proxy) is for trying fedmed on one
+machine and binds to loopback only. `--resume` continues an interrupted run folder
+after its last completed round.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import signal
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
-from importlib.metadata import version
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
-from fedmed.common.processes import executable, flower_env, split_address, start, stop, wait_for_port
+from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop, wait_for_port
 from fedmed.server import progress
 from fedmed.server.app import RUN_CONFIG_KEY
+from fedmed.server.audit import AuditLog, current_user, read_audit
+from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import write_app_dir
-from fedmed.server.outputs import CONFIG_FILE, METRICS_FILE, read_status, write_json
+from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_status,
+                                   write_json, write_run_report)
+from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -33,43 +52,62 @@ class DeploymentError(RuntimeError):
     """The federation could not be started; the message says what to do."""
 
 
+class _Stopped(Exception):
+    """SIGTERM reached the coordinator."""
+
+
 @dataclass
 class ServerOptions:
     out_dir: Path
-    config: FederationConfig
+    config: FederationConfig | None
     address: str = "127.0.0.1:9092"
     insecure: bool = False
+    certs: Path | None = None
+    sites_dir: Path | None = None
+    update_limits: UpdateLimits = field(default_factory=UpdateLimits)
+    resume: bool = False
     startup_timeout: float = 60.0
+    # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
+    # so tests can offer sites a modified app and watch them refuse it.
+    app_dir: Path | None = None
 
 
-def _flwr_home(out_dir: Path, host: str, port: int) -> Path:
+def _flwr_home(out_dir: Path, superlink: str, ca_cert: Path | None) -> Path:
     home = out_dir / ".flwr"
     home.mkdir(parents=True, exist_ok=True)
-    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    tls = f'root-certificates = "{ca_cert.resolve()}"' if ca_cert else "insecure = true"
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{connect}:{port}"\ninsecure = true\n'
+        f'[superlink.{CONNECTION}]\naddress = "{superlink}"\n{tls}\n'
     )
     return home
 
 
-def _submit(out_dir: Path, home: Path) -> str:
-    app_dir = write_app_dir(out_dir / ".app", version("fedmed"))
+def _flwr(args: list[str], home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([executable("flwr"), *args], capture_output=True, text=True,
+                          env=flower_env({"FLWR_HOME": str(home)}), timeout=timeout)
+
+
+def _app_hash(app_dir: Path) -> str:
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+
+
+def _submit(out_dir: Path, home: Path, app_dir: Path) -> str:
     config_path = (out_dir / CONFIG_FILE).resolve()
-    cmd = [executable("flwr"), "run", str(app_dir), CONNECTION,
-           "--run-config", f"{RUN_CONFIG_KEY}='{config_path}'", "--format", "json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=flower_env({"FLWR_HOME": str(home)}),
-                          timeout=120)
-    if done.returncode != 0:
+    done = _flwr(["run", str(app_dir), CONNECTION, "--run-config", f"{RUN_CONFIG_KEY}='{config_path}'",
+                  "--format", "json"], home)
+    if done.returncode != 0 or '"success": false' in done.stdout:
         raise DeploymentError(f"submitting the run to the SuperLink failed (exit {done.returncode}): "
                               f"{(done.stdout + done.stderr).strip()[-500:]}")
     try:
-        return str(json.loads(done.stdout).get("run-id", "?"))
-    except json.JSONDecodeError:
+        return str(json.loads(done.stdout[done.stdout.index("{"):]).get("run-id", "?"))
+    except ValueError:
         return "?"
 
 
-def _follow(out_dir: Path, superlink: subprocess.Popen, deadline: float,
+def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
             emit: Callable[[str], None]) -> dict:
     """Print rows as metrics.jsonl grows; return status.json once the run has written it."""
     printed = 0
@@ -83,55 +121,167 @@ def _follow(out_dir: Path, superlink: subprocess.Popen, deadline: float,
         status = read_status(out_dir)
         if status is not None:
             return status
-        if superlink.poll() is not None:
-            return {"status": "failed",
-                    "reason": f"the SuperLink exited with code {superlink.returncode}; "
-                              f"see {out_dir / 'superlink.log'}"}
+        for name, process, log in watched:
+            if process.poll() is not None:
+                return {"status": "failed",
+                        "reason": f"the {name} exited with code {process.returncode}; see {log}"}
         if time.monotonic() > deadline:
             return {"status": "failed", "reason": "the run did not finish in time "
                     "(rounds × round timeout); raise --round-timeout or check the sites"}
         time.sleep(0.5)
 
 
+def _check_options(options: ServerOptions, host: str) -> None:
+    if options.insecure:
+        if host not in LOOPBACK:
+            raise DeploymentError(f"--address {options.address}: an --insecure coordinator binds "
+                                  "only to loopback (127.0.0.1); use TLS (--certs) to accept remote sites")
+        if options.certs or options.sites_dir:
+            raise DeploymentError("--insecure runs without TLS or enrolled sites: drop --certs and "
+                                  "--sites-dir, or drop --insecure")
+        return
+    if options.certs is None:
+        raise DeploymentError("--certs DIR is required (TLS is the default): make it with `fedmed "
+                              "certs init --out DIR --server-name HOST`, or pass --insecure to try "
+                              "fedmed on this machine only")
+    if options.sites_dir is None:
+        raise DeploymentError("--sites-dir DIR is required with TLS: a folder of the sites' public "
+                              "keys (A.pub, B.pub, ...) made at each site by `fedmed certs site NAME`")
+
+
+def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
+    """The interrupted run's config, its last completed round and its Flower run ID."""
+    config_path = out_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise DeploymentError(f"--resume {out_dir}: no {CONFIG_FILE}; point it at the run folder of "
+                              "an interrupted `fedmed server start`")
+    saved = json.loads(config_path.read_text())
+    config = FederationConfig.from_dict(saved["federation"])
+    done = last_completed_round(out_dir)
+    started = [e for e in read_audit(out_dir) if e.get("event") == "run-started"]
+    return config, done, (str(started[-1].get("run_id")) if started else None)
+
+
 def start_server(options: ServerOptions, emit: Callable[[str], None] = print) -> int:
     """Run a whole federation from this machine; 0 when it completed, 1 when it failed."""
     host, port = split_address(options.address, "--address")
-    if not options.insecure:
-        raise DeploymentError("TLS is not set up for this coordinator yet: pass --insecure "
-                              "to run without it (loopback only)")
-    if options.insecure and host not in LOOPBACK:
-        raise DeploymentError(f"--address {options.address}: an --insecure coordinator binds "
-                              "only to loopback (127.0.0.1); use TLS to accept remote sites")
-    out_dir = Path(options.out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (METRICS_FILE, "status.json"):
-        (out_dir / stale).unlink(missing_ok=True)
-    write_json(out_dir / CONFIG_FILE, {"federation": options.config.to_dict(), "mode": "deployment",
-                                       "address": options.address, "insecure": options.insecure})
-    home = _flwr_home(out_dir, host, port)
-    log_file = open(out_dir / "superlink.log", "ab")
-    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
-           "--disable-runtime-dependency-installation",
-           "--database", str(out_dir / "superlink.db")]
-    if options.insecure:
-        cmd.append("--insecure")
-    superlink = start(cmd, log_file, flower_env({"FLWR_HOME": str(home)}))
+    _check_options(options, host)
     try:
-        if not wait_for_port(host, port, options.startup_timeout, superlink):
-            raise DeploymentError(f"the SuperLink did not start on {host}:{port} "
+        material = None if options.insecure else server_material(options.certs)
+        keys = [] if options.insecure else read_sites_dir(options.sites_dir)
+    except (CertError, EnrollmentError) as exc:
+        raise DeploymentError(str(exc)) from None
+    out_dir = Path(options.out_dir).resolve()
+    resume_from, previous_run = 0, None
+    config = options.config
+    if options.resume:
+        config, resume_from, previous_run = _resume_config(out_dir)
+        if resume_from >= config.rounds:
+            emit(f"{out_dir}: all {config.rounds} rounds are already complete; nothing to resume")
+            return 0
+    elif config is None:
+        raise DeploymentError("no federation configuration given")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not options.resume:
+        # A fresh run in a used folder starts from a clean SuperLink and clean outputs.
+        for stale in (METRICS_FILE, STATUS_FILE, SITES_FILE, "superlink.db"):
+            (out_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    (out_dir / STATUS_FILE).unlink(missing_ok=True)
+    audit = AuditLog(out_dir)
+
+    if options.insecure:
+        link_host, link_port = host, port
+    else:
+        link_host, link_port = "127.0.0.1", free_port()
+    connect_host = "127.0.0.1" if link_host in ("0.0.0.0", "::") else link_host
+    home = _flwr_home(out_dir, f"{connect_host}:{link_port}", material.ca_cert if material else None)
+    env = flower_env({"FLWR_HOME": str(home)})
+    logs = [open(out_dir / "superlink.log", "ab")]
+    cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
+           "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
+    if material is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
+                "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
+    processes: list[tuple[str, subprocess.Popen, Path]] = []
+    previous_handler = None
+    if _is_main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
+    status: dict = {"status": "failed", "reason": "the coordinator was interrupted"}
+    try:
+        processes.append(("SuperLink", start(cmd, logs[0], env), out_dir / "superlink.log"))
+        if not wait_for_port(connect_host, link_port, options.startup_timeout, processes[0][1]):
+            raise DeploymentError(f"the SuperLink did not start on {link_host}:{link_port} "
                                   f"(port in use?); see {out_dir / 'superlink.log'}")
-        run_id = _submit(out_dir, home)
-        emit(f"fedmed coordinator on {host}:{port}, run {run_id}: waiting for "
-             f"{options.config.min_sites} site(s); outputs in {out_dir}")
+        # Enrol before the public port opens: a site that connects before its key is
+        # registered is refused and gives up.
+        sites = enroll(keys, out_dir, home, CONNECTION, audit) if keys else {}
+        if material is not None:
+            logs.append(open(out_dir / "proxy.log", "ab"))
+            proxy_cmd = [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{port}",
+                         "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
+                         "--run-dir", str(out_dir)]
+            processes.append(("public-port proxy", start(proxy_cmd, logs[1], env), out_dir / "proxy.log"))
+            if not wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
+                                 options.startup_timeout, processes[1][1]):
+                raise DeploymentError(f"--address {options.address}: could not listen there (port in "
+                                      f"use?); see {out_dir / 'proxy.log'}")
+        if previous_run:
+            # The interrupted run is still "running" in the SuperLink's database; stop it so
+            # sites do not train for a ServerApp that no longer exists.
+            _flwr(["stop", previous_run, CONNECTION], home, timeout=60)
+        write_json(out_dir / CONFIG_FILE, {
+            "federation": config.to_dict(), "mode": "deployment", "address": options.address,
+            "insecure": options.insecure, "update_limits": options.update_limits.to_dict(),
+            "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
+        })
+        app_dir = options.app_dir or write_app_dir(out_dir / ".app")
+        app_hash = _app_hash(app_dir)
+        run_id = _submit(out_dir, home, app_dir)
+        audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
+                     address=options.address, tls=not options.insecure, sites=sorted(sites.values()),
+                     rounds=config.rounds, resumed_after_round=resume_from or None)
+        emit(f"fedmed coordinator on {host}:{port}{'' if options.insecure else ' (TLS, enrolled sites only)'}, "
+             f"run {run_id}: waiting for {config.min_sites} site(s); outputs in {out_dir}")
+        if resume_from:
+            emit(f"resuming after round {resume_from} of {config.rounds}")
         emit(progress.header())
-        deadline = time.monotonic() + options.startup_timeout + options.config.rounds * options.config.round_timeout * 2
-        status = _follow(out_dir, superlink, deadline, emit)
+        remaining = config.rounds - resume_from
+        deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
+        status = _follow(out_dir, processes, deadline, emit)
+    except (_Stopped, KeyboardInterrupt):
+        audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
+        status = {"status": "stopped"}
+    except EnrollmentError as exc:
+        raise DeploymentError(str(exc)) from None
     finally:
-        stop(superlink)
-        log_file.close()
+        for _, process, _ in reversed(processes):
+            stop(process)
+        for log in logs:
+            log.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    if status["status"] == "stopped":
+        emit(f"stopped; continue later with `fedmed server start --resume {out_dir}`")
+        return 130
+    audit.record("run-finished", status=status["status"], reason=status.get("reason", ""),
+                 rounds_completed=status.get("rounds_completed"))
+    emit(write_run_report(out_dir))
     if status["status"] == "completed":
-        emit(f"run completed: {status.get('rounds_completed', options.config.rounds)} rounds; "
+        emit(f"run completed: {status.get('rounds_completed', config.rounds)} rounds; "
              f"final model {out_dir / 'model-final.pt'}")
         return 0
     emit(f"run failed: {status.get('reason', 'unknown reason')}")
     return 1
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise _Stopped()

@@ -59,6 +59,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_run_report(run_dir: Path) -> str:
+    """Write the run's report.html and plots; a line saying where, or why not.
+
+    A report that cannot be drawn must not turn a finished run into a failed one."""
+    from fedmed.server.report import write_report
+
+    try:
+        return f"report {write_report(Path(run_dir))}"
+    except Exception as exc:  # noqa: BLE001
+        return f"no report ({type(exc).__name__}: {exc}); retry with `fedmed report {run_dir}`"
+
+
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / STATUS_FILE
     return json.loads(path.read_text()) if path.exists() else None
@@ -129,7 +141,7 @@ class RunRecorder:
             entry["status"] = reply.status
             if reply.reason:
                 entry["reason"] = reply.reason
-            for key in ("train_loss", "train_seconds", "epsilon", "noise_multiplier", "delta"):
+            for key in ("train_loss", "train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
                 if key in reply.metrics:
                     entry[key] = float(reply.metrics[key])
             if "num-examples" in reply.metrics:
@@ -142,7 +154,7 @@ class RunRecorder:
                 entry.setdefault("eval_status", reply.status)
                 continue
             entry["num_examples"] = int(reply.metrics.get("num-examples", 0))
-            for name in METRIC_NAMES:
+            for name in (*METRIC_NAMES, "eval_seconds"):
                 if name in reply.metrics:
                     entry[name] = float(reply.metrics[name])
         evaluated_sites = {k: v for k, v in sites.items() if "num_examples" in v}

@@ -17,7 +17,7 @@ from fedmed.client.app import make_client_app
 from fedmed.client.site import Site
 from fedmed.common.federation import FederationConfig
 from fedmed.server.app import make_server_app
-from fedmed.server.outputs import read_status
+from fedmed.server.outputs import read_status, write_run_report
 
 
 @contextmanager
@@ -35,6 +35,12 @@ def _quiet_flower(verbose: bool) -> Iterator[None]:
             yield
         finally:
             logger.setLevel(level)
+
+
+def _gpus_per_site(num_sites: int) -> float:
+    import torch
+
+    return 1.0 / num_sites if torch.cuda.is_available() else 0.0
 
 
 def simulate(
@@ -64,8 +70,10 @@ def simulate(
     init_args: dict[str, Any] = {"logging_level": "error", "log_to_driver": verbose}
     if ray_address:
         init_args["address"] = ray_address
+    # Ray hides the GPU from actors that reserve none; sites share it when there is one.
+    gpus = _gpus_per_site(len(sites))
     backend_config = {
-        "client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus},
         "init_args": init_args,
     }
     with _quiet_flower(verbose):
@@ -75,4 +83,6 @@ def simulate(
             num_supernodes=len(sites),
             backend_config=backend_config,
         )
-    return read_status(Path(out_dir)) or {"status": "failed", "reason": "the run ended without a status"}
+    status = read_status(Path(out_dir)) or {"status": "failed", "reason": "the run ended without a status"}
+    status["report"] = write_run_report(Path(out_dir))
+    return status

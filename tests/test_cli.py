@@ -62,6 +62,21 @@ def test_init_writes_examples_that_parse(tmp_path):
     assert again.exit_code != 0 and "--force" in again.output
 
 
+@pytest.mark.parametrize("example, command", [("federation.toml", ["server", "start"]), ("site.toml", ["client"])])
+def test_init_examples_are_accepted_by_their_commands(tmp_path, example, command):
+    import typer.main
+
+    from fedmed.cli.config_files import EXAMPLES, read_config_file
+
+    click_command = typer.main.get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]
+    allowed = {p.name for p in click_command.params}
+    path = tmp_path / example
+    path.write_text(EXAMPLES[example])
+    assert read_config_file(path, allowed)  # raises on any key the command lacks
+
+
 @pytest.mark.parametrize("args, message", [
     (["simulate", "--out", "x"], "give exactly one of --data DIR or --npz FILE"),
     (["simulate", "--out", "x", "--data", "/nonexistent-site-root"], "--data /nonexistent-site-root"),

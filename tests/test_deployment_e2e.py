@@ -1,5 +1,7 @@
-"""`fedmed server start` and three `fedmed client` processes on loopback, for real:
-a SuperLink, three SuperNodes, the ServerApp and a ClientApp process per message."""
+"""`fedmed server start --insecure` and three `fedmed client --insecure` processes on
+loopback, for real: a SuperLink, three SuperNodes with fedmed's executors, the ServerApp.
+The secure default (TLS, enrolled sites, the public-port proxy) is exercised by
+`test_security_e2e.py` and `test_faults_e2e.py`."""
 
 from __future__ import annotations
 
@@ -64,6 +66,17 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
         assert all(s["status"] == "ok" and s["num_examples"] > 0 for s in r["sites"].values())
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert "run completed" in server_out
+
+    # The audit log: who started the run with which app, who contributed to each round.
+    from fedmed.common.app_bundle import fab_hash
+    from fedmed.server.audit import read_audit, verify_chain
+
+    audit = list(read_audit(run_dir))
+    started = next(e for e in audit if e["event"] == "run-started")
+    assert started["app_hash"] == fab_hash() and started["tls"] is False and started["by"]
+    assert [e["contributors"] for e in audit if e["event"] == "round-completed"] == [["A", "B", "C"]] * 2
+    assert audit[-1]["event"] == "run-finished" and audit[-1]["status"] == "completed"
+    assert verify_chain(run_dir) is None
 
     # Nothing a site owns reached the coordinator: no patient names or IDs, no paths.
     coordinator_text = server_out + (run_dir / "superlink.log").read_text() + \

@@ -6,23 +6,35 @@ going when every site failed. This subclass adds what a coordinator needs:
 - replies are ordered by site name before averaging, so a seeded run gives the same
   global model whatever order the sites answered in (floating-point sums are not
   associative);
-- replies whose status is not "ok" (a failed site, one out of privacy budget) carry no
-  weights; they are recorded and left out instead of breaking the aggregation;
+- replies whose status is not "ok" (a failed site, one out of privacy budget, one that
+  declined the run's app) carry no weights; they are recorded and left out instead of
+  breaking the aggregation;
+- every update is checked before it is averaged (`update_checks`): a non-finite,
+  misshapen or implausibly large one is left out of that round and its site named;
 - per-site metrics are handed to `on_train` / `on_evaluate` observers, keyed by the
-  names the sites give themselves;
+  names the sites give themselves, and audit events (sites joining and leaving, who
+  contributed to each round, rejected updates) to `on_event`;
 - when fewer than `min_sites` sites contributed to a round, the run stops with
-  `FederationStopped` naming the reason instead of carrying on with stale weights.
+  `FederationStopped` naming the reason instead of carrying on with stale weights;
+- `first_round` lets a resumed run carry on numbering where the interrupted one stopped,
+  so sites see the same round numbers (and derive the same seeds) as without the break.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedmed.common.protocol import METRICS_KEY, SITE_KEY, SiteStatus
+from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, SiteStatus
+from fedmed.server.strategy.update_checks import UpdateLimits, check_update
+
+REJECTED = "rejected"  # status the coordinator gives an update it refused to average
 
 
 class FederationStopped(RuntimeError):
@@ -40,23 +52,35 @@ class SiteReply:
 
 
 RoundObserver = Callable[[int, list[SiteReply], ArrayRecord | None], None]
+EventObserver = Callable[..., Any]
 
 
-def site_reply(msg: Message) -> SiteReply:
-    """Read the site's name, status and metrics out of a reply (or a transport error)."""
+def site_reply(msg: Message, node_names: dict[int, str] | None = None,
+               node_id: int | None = None) -> SiteReply:
+    """Read the site's name, status and metrics out of a reply (or a transport error).
+
+    A reply without a name (a transport error, a site that died) is attributed through
+    `node_names`, the coordinator's own map of node IDs to enrolled site names; `node_id`
+    overrides the reply's sender, which for an error the SuperLink generated is the
+    SuperLink itself."""
+    node_id = msg.metadata.src_node_id if node_id is None else node_id
+    fallback = (node_names or {}).get(node_id, f"node-{node_id}")
     if msg.has_error():
-        return SiteReply(f"node-{msg.metadata.src_node_id}", SiteStatus.FAILED.value,
-                         f"transport-error:{msg.error.code}")
+        return SiteReply(fallback, SiteStatus.FAILED.value, f"transport-error:{msg.error.code}")
     content = msg.content
     info = content[SITE_KEY] if SITE_KEY in content.config_records else {}
-    name = str(info.get("name", f"node-{msg.metadata.src_node_id}"))
+    name = str(info.get("name", fallback))
     status = str(info.get("status", SiteStatus.OK.value))
     metrics = dict(content[METRICS_KEY]) if METRICS_KEY in content.metric_records else {}
     return SiteReply(name, status, str(info.get("reason", "")), metrics)
 
 
+def _describe(reply: SiteReply) -> str:
+    return reply.status + (f" ({reply.reason})" if reply.reason else "")
+
+
 class SiteAwareFedAvg(FedAvg):
-    """FedAvg over sites identified by name, with observers and a minimum quorum."""
+    """FedAvg over sites identified by name, with update checks, observers and a quorum."""
 
     def __init__(
         self,
@@ -64,6 +88,11 @@ class SiteAwareFedAvg(FedAvg):
         min_sites: int,
         on_train: RoundObserver | None = None,
         on_evaluate: RoundObserver | None = None,
+        on_event: EventObserver | None = None,
+        limits: UpdateLimits | None = None,
+        first_round: int = 1,
+        node_names: dict[int, str] | None = None,
+        names_source: Callable[[], dict[int, str]] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -75,23 +104,156 @@ class SiteAwareFedAvg(FedAvg):
         self.min_sites = min_sites
         self.on_train = on_train
         self.on_evaluate = on_evaluate
+        self.on_event = on_event
+        self.limits = limits or UpdateLimits()
+        self.round_offset = first_round - 1
+        # Names the coordinator enrolled (authoritative) and names sites gave themselves.
+        self.enrolled: dict[int, str] = dict(node_names or {})
+        self.node_names: dict[int, str] = dict(self.enrolled)
+        # Re-read before each round, so a site enrolled mid-run is named from its first round.
+        self.names_source = names_source
+        self._present: set[int] = set()
+        self._global: ArrayRecord | None = None
+        self._sampled: set[int] = set()
+        self._sent: list[Message] = []
 
-    def _split(self, replies: Iterable[Message]) -> tuple[list[Message], list[SiteReply]]:
-        ordered = sorted(replies, key=lambda m: site_reply(m).site)
-        usable = [m for m in ordered if site_reply(m).status == SiteStatus.OK.value]
-        return usable, [site_reply(m) for m in ordered]
+    # --- state a resumed run needs ------------------------------------------------
+    # Server-side optimiser moments of adaptive subclasses (Flower's FedOpt family).
+    _MOMENTS = ("m_t", "v_t")
+
+    def state(self) -> dict[str, Any]:
+        """What the strategy knows beyond the weights; stored in every checkpoint.
+
+        Tensors, not numpy arrays, so that checkpoints still load with torch's
+        `weights_only=True`."""
+        import torch
+
+        moments = {name: {k: torch.from_numpy(np.array(v)) for k, v in getattr(self, name).items()}
+                   for name in self._MOMENTS if getattr(self, name, None)}
+        return {"node_names": {str(k): v for k, v in self.node_names.items()},
+                "limits": self.limits.to_dict(), "moments": moments}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for node_id, name in (state.get("node_names") or {}).items():
+            self.node_names.setdefault(int(node_id), str(name))
+        for name, values in (state.get("moments") or {}).items():
+            if name in self._MOMENTS:
+                setattr(self, name, {k: v.numpy() for k, v in values.items()})
+
+    # --- helpers ---------------------------------------------------------------------
+    def _event(self, event: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(event, **fields)
+
+    def _name(self, node_id: int) -> str:
+        return self.node_names.get(node_id, f"node-{node_id}")
+
+    def _track_nodes(self, grid: Grid, server_round: int) -> None:
+        """Record sites joining and leaving between rounds (as the SuperLink sees them)."""
+        now = set(grid.get_node_ids())
+        for node_id in sorted(now - self._present):
+            self._event("site-joined", site=self._name(node_id), node_id=node_id, round=server_round)
+        for node_id in sorted(self._present - now):
+            self._event("site-left", site=self._name(node_id), node_id=node_id, round=server_round)
+        self._present = now
+
+    def _remember(self, messages: list[Message]) -> list[Message]:
+        """Note where each message went; the grid sets their IDs as it sends them."""
+        self._sent = messages
+        return messages
+
+    def _origin(self, reply: Message) -> int:
+        """The site a reply answers for: the destination of the message it replies to
+        (a SuperLink-made error for a vanished site comes from the SuperLink's ID)."""
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+    def _read(self, replies: Iterable[Message]) -> list[tuple[Message, SiteReply]]:
+        """Each reply with the site it came from, ordered by site name.
+
+        An enrolled site's name is the one it was enrolled under, whatever its reply
+        claims, so one site cannot pass its update off as another's."""
+        read = []
+        for msg in replies:
+            node_id = self._origin(msg)
+            reply = site_reply(msg, self.node_names, node_id)
+            enrolled = self.enrolled.get(node_id)
+            if enrolled is not None and reply.site != enrolled:
+                self._event("site-name-mismatch", node_id=node_id, site=enrolled, claimed=reply.site)
+                reply.site = enrolled
+            elif not msg.has_error() and not reply.site.startswith("node-"):
+                self.node_names.setdefault(node_id, reply.site)
+            read.append((msg, reply))
+        read.sort(key=lambda pair: pair[1].site)
+        return read
+
+    def _screen(self, server_round: int, read: list[tuple[Message | None, SiteReply]]) -> list[Message]:
+        """The replies whose updates pass the checks; the others are marked rejected."""
+        accepted = []
+        for msg, reply in read:
+            if reply.status != SiteStatus.OK.value:
+                continue
+            if ARRAYS_KEY not in msg.content.array_records:
+                problem = "no-weights"
+            elif self._global is None:
+                problem = None
+            else:
+                problem = check_update(msg.content[ARRAYS_KEY], self._global, self.limits)
+            if problem is None:
+                accepted.append(msg)
+                continue
+            reply.status, reply.reason = REJECTED, f"update-rejected:{problem}"
+            print(f"[fedmed coordinator] round {server_round}: update from site {reply.site} "
+                  f"rejected ({problem}); left out of this round", file=sys.stderr, flush=True)
+            self._event("update-rejected", round=server_round, site=reply.site, reason=problem)
+        return accepted
+
+    # --- Flower hooks -----------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        actual = server_round + self.round_offset
+        if self.names_source is not None:
+            self.enrolled.update(self.names_source())
+            self.node_names.update(self.enrolled)
+        self._global = arrays
+        # Flower waits inside configure_train until enough sites are connected, so the
+        # sites present are known only after it.
+        messages = self._remember(list(super().configure_train(actual, arrays, config, grid)))
+        self._sampled = {m.metadata.dst_node_id for m in messages}
+        self._track_nodes(grid, actual)
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._remember(list(super().configure_evaluate(server_round + self.round_offset,
+                                                              arrays, config, grid)))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the sites that trained; stop the run when too few did."""
-        usable, recorded = self._split(replies)
+        """Average the sites whose updates passed the checks; stop when too few did."""
+        server_round += self.round_offset
+        replies = list(replies)
+        read = self._read(replies)
+        # A site that never answered (died, cut off, too slow) is recorded too, by name.
+        answered = {self._origin(m) for m in replies}
+        read += [(None, SiteReply(self._name(node_id), SiteStatus.FAILED.value, "no-reply-in-time"))
+                 for node_id in sorted(self._sampled - answered)]
+        usable = self._screen(server_round, read)
+        recorded = [reply for _, reply in read]
         arrays, metrics = super().aggregate_train(server_round, usable) if usable else (None, None)
+        left_out = {r.site: _describe(r) for r in recorded if r.status != SiteStatus.OK.value}
+        for reply in recorded:
+            if reply.status == SiteStatus.DECLINED.value:
+                self._event("site-declined", round=server_round, site=reply.site, reason=reply.reason)
+        self._event("round-completed" if arrays is not None and len(usable) >= self.min_sites
+                    else "round-failed", round=server_round,
+                    contributors=[r.site for r in recorded if r.status == SiteStatus.OK.value],
+                    left_out=left_out)
         if self.on_train is not None:
             self.on_train(server_round, recorded, arrays)
         if arrays is None or len(usable) < self.min_sites:
-            reasons = ", ".join(f"{r.site}: {r.status}" + (f" ({r.reason})" if r.reason else "")
-                                for r in recorded if r.status != SiteStatus.OK.value)
+            reasons = ", ".join(f"{site}: {why}" for site, why in left_out.items())
             raise FederationStopped(
                 f"round {server_round}: {len(usable)} site(s) trained, the federation needs "
                 f"{self.min_sites}" + (f"; {reasons}" if reasons else "; no site replied in time")
@@ -102,7 +264,10 @@ class SiteAwareFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Aggregate as FedAvg does; hand per-site metrics to the observer."""
-        usable, recorded = self._split(replies)
+        server_round += self.round_offset
+        read = self._read(replies)
+        usable = [m for m, r in read if r.status == SiteStatus.OK.value]
+        recorded = [reply for _, reply in read]
         metrics = super().aggregate_evaluate(server_round, usable) if usable else None
         if self.on_evaluate is not None:
             self.on_evaluate(server_round, recorded, None)

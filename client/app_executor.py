@@ -1,0 +1,143 @@
+"""The site's executor: runs ClientApp tasks for its SuperNode, approved apps only.
+
+`fedmed client` starts `flower-supernode --isolation process`, which fetches messages
+from the coordinator but runs nothing itself: it queues each message as a task on its
+local Runtime API and waits for an executor to take it. Flower's own executor
+(`flower-superexec`) would install the run's app bundle and import whatever ClientApp
+module the bundle names. This one, started next to the SuperNode by `fedmed client`:
+
+1. takes a ClientApp task (`AcquireTask`) and pulls its message, context and bundle;
+2. hashes the bundle it received and asks `AppApproval` whether it may run;
+3. if so, runs fedmed's installed ClientApp on the message; nothing from the bundle is
+   imported or installed, so an approved hash is also the only code that can run;
+4. if not, replies "declined: app-not-approved" without touching the site's data or
+   model, and logs the refusal at the site with the bundle's hash.
+
+Tasks run in this one process, so torch is imported once per site rather than once per
+message, and decoded images stay in memory between rounds; their ClientApp calls run
+one at a time.
+
+Limits: the SuperNode's Runtime API listens on loopback without authentication, so a
+local user of the site's machine could take tasks too (Flower's experimental
+`--superexec-auth-secret-file` would close that); and the check is only as good as the
+site's trust in its own installed fedmed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from fedmed.client.app_approval import AppApproval
+from fedmed.common.protocol import SITE_KEY, SiteStatus
+
+POLL_SECONDS = 0.5
+
+
+def _client(address: str, *interceptors) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(
+        server_address=address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), *interceptors],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def declined_reply(message: Message, site: str, reason: str) -> Message:
+    content = RecordDict({SITE_KEY: ConfigRecord({"name": site, "status": SiteStatus.DECLINED.value,
+                                                  "reason": reason})})
+    return Message(content=content, reply_to=message)
+
+
+# One task's ClientApp at a time: training is not written to share the process's data
+# and device with another training.
+_RUN_ONE_AT_A_TIME = threading.Lock()
+
+
+def run_task(address: str, token: str, approval: AppApproval, client_app) -> None:
+    """Pull one task's inputs, run (or decline) it, push the reply and the task's end."""
+    client = _client(address, RuntimeTokenHttpInterceptor(token))
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context, status, details = None, SubStatus.FAILED, "fedmed executor failed"
+    try:
+        message, context, run, fab = pull_task_input(client)
+        site = str(context.node_config.get("site", f"node-{context.node_id}"))
+        with _RUN_ONE_AT_A_TIME:
+            reason = approval.check(fab.content, fab.hash_str, run.run_id)
+            if reason is None:
+                reply = client_app(message=message, context=context)
+                details = ""
+            else:
+                reply = declined_reply(message, site, reason)
+                details = reason
+        push_message(client, reply, context)
+        status = SubStatus.COMPLETED
+    except Exception as exc:  # noqa: BLE001 — one bad task must not end the site's executor
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames[-3:]))
+        print(f"[fedmed executor] task failed: {type(exc).__name__} at {where}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+        finally:
+            heartbeat.stop()
+            client.close()
+
+
+def serve(address: str, approval: AppApproval) -> None:
+    """Take ClientApp tasks from the SuperNode at `address` until stopped."""
+    # fedmed's installed ClientApp, never the bundle's. Imported before the first task
+    # arrives: it brings torch, whose import would otherwise eat into round 1's timeout.
+    from fedmed.client.app import app as client_app
+
+    acquirer = _client(address)
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    while True:
+        response = acquirer.AcquireTask(request)
+        if response.HasField("task") and response.token:
+            # Each task in its own thread: a task whose inputs never arrive (the SuperNode
+            # dropped the message of a run the coordinator stopped, e.g. after a restart)
+            # waits out Flower's pull timeout there instead of blocking the next run.
+            threading.Thread(target=run_task, args=(address, response.token, approval, client_app),
+                             name=f"task-{response.task.task_id}", daemon=True).start()
+        else:
+            time.sleep(POLL_SECONDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="fedmed site executor (approved apps only)")
+    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API HOST:PORT")
+    parser.add_argument("--site", required=True)
+    parser.add_argument("--state", type=Path, default=None, help="site state folder (refusal log)")
+    parser.add_argument("--approve", action="append", default=[], help="extra approved bundle SHA-256")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
+    approval = AppApproval.default(tuple(args.approve), args.state, args.site)
+    print(f"[fedmed site {args.site}] runs only approved app bundles: "
+          f"{', '.join(sorted(approval.approved))}", flush=True)
+    try:
+        serve(args.runtime_api_address, approval)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
