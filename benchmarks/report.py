@@ -7,6 +7,8 @@ measured here, so a report can be rewritten from saved results
 
 from __future__ import annotations
 
+import json
+
 import math
 import statistics
 from pathlib import Path
@@ -372,6 +374,33 @@ def _data(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
 
 
 # --- the headline ------------------------------------------------------------------------
+GPU_RESULTS = "gpu-path.json"
+
+
+def _gpu(doc_dir: Path) -> list[str]:
+    """The site's GPU path, from the JSON `python -m benchmarks.gpu_path --out` wrote on a
+    machine with a GPU (this suite's own machine has none)."""
+    path = doc_dir / PLOTS / GPU_RESULTS
+    if not path.exists():
+        return []
+    gpu = json.loads(path.read_text())
+    lines = ["## 6. The GPU path", "",
+             f"`python -m benchmarks.gpu_path --out {PLOTS}/{GPU_RESULTS}`, run on a lent machine with one "
+             f"{gpu['gpu']} (torch {gpu['torch']}): one epoch of 2048 random images per row, on the GPU "
+             "and on that machine's CPU, plain and DP-SGD, after a warm-up pass. Every row trained on "
+             "`cuda:0` and returned finite weights.", "",
+             "| model | size | batch | DP mode | GPU ms/step | GPU DP ms/step | DP/plain on GPU | "
+             "CPU ms/step | CPU DP ms/step | GPU speed-up, DP | peak GPU MiB |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in gpu["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['image_size']} | {r['batch']} | {r['gpu_dp']['mode']} | "
+            f"{r['gpu_plain']['step_ms']:.2f} | {r['gpu_dp']['step_ms']:.2f} | {r['gpu_dp_over_plain']:.2f}× | "
+            f"{r['cpu_plain']['step_ms']:.1f} | {r['cpu_dp']['step_ms']:.1f} | {r['gpu_speedup_dp']:.1f}× | "
+            f"{r['gpu_peak_mib']:.0f} |")
+    return lines + [""]
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -477,6 +506,7 @@ def write(results: dict[str, Any], out: Path) -> dict[str, Path]:
     for name, writer in writers:
         if name in sections:
             lines += writer(sections[name], figures)
+    lines += _gpu(out)
     lines += [
         "## References", "",
         "- Yang, J. et al. MedMNIST v2 — A large-scale lightweight benchmark for 2D and 3D biomedical "

@@ -67,7 +67,7 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
                  f"{f('sensitivity')}  {f('specificity')}")
     emit("")
     emit(f"{status['status']} in {time.perf_counter() - started:.0f} s. Outputs in {run_dir}: "
-         "metrics.jsonl, checkpoints/, model-final.pt, config.json")
+         "metrics.jsonl, checkpoints/, model-final.pt, config.json, report.html")
     if status["status"] != "completed":
         emit(f"reason: {status.get('reason')}")
     return status
