@@ -64,7 +64,8 @@ class Plan:
 # Adam (whose steps do not grow with the noise) workable. Its lr of 1e-2 is halved here:
 # in the worst case every Adam step moves every weight by lr, and 13 such steps (the
 # largest non-IID site's epoch at batch 256) at 1e-2 would move this 420 k-weight model
-# (norm 8.7) by about 9.7 times its norm, at the coordinator's 10× update-size limit.
+# (norm 8.7) by about 9.7 times its norm, too close to a tight update-size limit for
+# comfort (the coordinator's default allows 50×).
 FULL = Plan(rounds=15, seeds=(0, 1, 2), batch=64, lr=1e-3, dp_batch=256, dp_lr=5e-3,
             epsilons=(1.0, 3.0, 8.0), headline_epsilon=3.0, subset=None,
             variants=("local", "iid", "quantity", "fedadam", "dp"))

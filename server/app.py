@@ -10,6 +10,7 @@ In a deployment the SuperLink starts it in its own process with the run config k
                   run starts from that round's checkpoint and carries on numbering
   sites           enrolled sites, {node_id: name}, so replies are attributed to the
                   name a site was enrolled under
+  join_timeout    seconds the run's first round waits for every enrolled site to connect
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def run_federation(
         # A deployment enrolls {node_id: name}; a simulation's meta lists names only.
         node_names={int(k): str(v) for k, v in enrolled.items()},
         names_source=(lambda: node_names(out_dir)) if enrolled else None,
+        join_timeout=float(meta.get("join_timeout") or 0.0),
     )
     recorder = RunRecorder(out_dir, config, meta, on_round, resume_after=resume_from,
                            checkpoint_extra=strategy.state)

@@ -66,6 +66,9 @@ class ServerOptions:
     sites_dir: Path | None = None
     update_limits: UpdateLimits = field(default_factory=UpdateLimits)
     resume: bool = False
+    # Seconds the first round waits for every enrolled site before it starts with the
+    # sites present (at least the quorum).
+    join_timeout: float = 120.0
     startup_timeout: float = 60.0
     # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
     # so tests can offer sites a modified app and watch them refuse it.
@@ -107,12 +110,27 @@ def _submit(out_dir: Path, home: Path, app_dir: Path) -> str:
         return "?"
 
 
+def _audit_so_far(out_dir: Path) -> list[dict]:
+    try:
+        return list(read_audit(out_dir))
+    except ValueError:  # a line being appended right now; read it next time
+        return []
+
+
 def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
             emit: Callable[[str], None]) -> dict:
-    """Print rows as metrics.jsonl grows; return status.json once the run has written it."""
+    """Print rows as metrics.jsonl grows, and a line for each audit event that changes
+    who takes part (the ServerApp's own output does not reach this terminal); return
+    status.json once the run has written it."""
     printed = 0
     metrics_path = out_dir / METRICS_FILE
+    seen_events = len(_audit_so_far(out_dir))  # a resumed run's earlier events were shown then
     while True:
+        events = _audit_so_far(out_dir)
+        for event in events[seen_events:]:
+            if (line := progress.notice(event)) is not None:
+                emit(line)
+        seen_events = max(seen_events, len(events))
         lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
         for line in lines[printed:]:
             if line.strip():
@@ -236,6 +254,7 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             "federation": config.to_dict(), "mode": "deployment", "address": options.address,
             "insecure": options.insecure, "update_limits": options.update_limits.to_dict(),
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
+            "join_timeout": options.join_timeout,
         })
         app_dir = options.app_dir or write_app_dir(out_dir / ".app")
         app_hash = _app_hash(app_dir)

@@ -45,3 +45,22 @@ def row(record: Mapping[str, Any]) -> str:
     ]
     return "  ".join(_fmt(v, w, 1 if name in ("secs",) else 2 if name == "max eps" else 3)
                      for v, (name, w) in zip(cells, COLUMNS))
+
+
+def notice(event: Mapping[str, Any]) -> str | None:
+    """A line for the operator about an audit event that changes who takes part; None
+    for the events the table already shows (or that need no attention)."""
+    kind, site, r = event.get("event"), event.get("site"), event.get("round")
+    if kind == "update-rejected":
+        return f"  ! round {r}: update from site {site} rejected ({event.get('reason')}); left out of this round"
+    if kind == "site-declined":
+        return f"  ! round {r}: site {site} declined ({event.get('reason')})"
+    if kind == "site-joined":
+        return f"  + site {site} joined (round {r})"
+    if kind == "site-left":
+        return f"  - site {site} left (round {r})"
+    if kind == "site-name-mismatch":
+        return f"  ! site {site} replied under the name {event.get('claimed')!r}; recorded as {site}"
+    if kind == "site-refused":
+        return f"  ! a connection was refused at the public port ({event.get('reason')})"
+    return None

@@ -1,7 +1,10 @@
 """Faults, for real on loopback: a site killed mid-round and a coordinator killed mid-run.
 
-One TLS federation of three enrolled sites, three rounds, quorum of two:
+One TLS federation of four enrolled sites, three rounds, quorum of two:
 
+- site D is broken: every update it sends is NaN (`poisoned_site/sitecustomize.py`
+  does that to its processes); each round leaves it out, and the coordinator's log and
+  audit log name it;
 - site C is killed with SIGKILL (the whole site: `fedmed client`, its SuperNode and its
   executor) while it trains in round 1, and restarted: round 1 completes with A and B,
   and C takes part again in a later round;
@@ -13,6 +16,7 @@ One TLS federation of three enrolled sites, three rounds, quorum of two:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,7 +42,7 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
     init_federation(co, "localhost")
     keys = tmp_path / "site-keys"
     keys.mkdir()
-    for site in ("A", "B", "C"):
+    for site in ("A", "B", "C", "D"):
         make_site_keys(site, tmp_path / f"certs-{site}", co / "ca.crt")
         shutil.copy(tmp_path / f"certs-{site}" / f"{site}.pub", keys)
     port = free_port()
@@ -48,14 +52,17 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
                                  "--min-sites", "2", "--round-timeout", "60", "--image-size", "32",
                                  "--batch-size", "16"], tmp_path / "server.log")
 
-    def client(site: str, log: str) -> subprocess.Popen:
+    def client(site: str, log: str, data: str | None = None, env: dict | None = None) -> subprocess.Popen:
         return start(fedmed_cmd + [
-            "client", "--site", site, "--data", str(synthetic_sites / site), "--server", f"127.0.0.1:{port}",
+            "client", "--site", site, "--data", str(synthetic_sites / (data or site)),
+            "--server", f"127.0.0.1:{port}",
             "--state", str(tmp_path / "state" / site), "--certs", str(tmp_path / f"certs-{site}"),
             "--no-dp",  # DP-SGD is tested elsewhere; here it would only slow the rounds down
-        ], tmp_path / log)
+        ], tmp_path / log, env)
 
+    poisoned = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "poisoned_site")}
     sites = {s: client(s, f"client-{s}.log") for s in ("A", "B", "C")}
+    sites["D"] = client("D", "client-D.log", data="A", env=poisoned)
     resumed = None
     try:
         # C dies while it trains in round 1, and comes back.
@@ -95,5 +102,15 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
     assert set(completed) == {1, 2, 3}
     assert completed[1]["contributors"] == ["A", "B"] and "C" in completed[1]["left_out"]
     assert any("C" in completed[n]["contributors"] for n in (2, 3))
+
+    # D's NaN updates were left out of every round and named in both logs.
+    assert all("D" not in e["contributors"] for e in completed.values())
+    rejected = [e for e in audit if e["event"] == "update-rejected"]
+    assert rejected and {e["site"] for e in rejected} == {"D"}
+    assert all(e["reason"].startswith("non-finite") for e in rejected)
+    assert completed[1]["left_out"]["D"].startswith("rejected (update-rejected:non-finite")
+    assert rows[0]["sites"]["D"]["status"] == "rejected"
+    assert "round 1: update from site D rejected (non-finite" in (tmp_path / "server.log").read_text()
+    assert "update from site D rejected (non-finite" in resumed_out
     finished = [e for e in audit if e["event"] == "run-finished"]
     assert finished and finished[-1]["status"] == "completed" and finished[-1]["rounds_completed"] == 3

@@ -144,3 +144,46 @@ def test_an_error_the_superlink_made_for_a_vanished_site_is_named(tmp_path):
         reply.metadata.__dict__["_reply_to_message_id"] = original.metadata.message_id
     strategy.aggregate_train(1, replies)
     assert {r.site: r.reason for r in seen["replies"]} == {"A": "", "B": "", "C": "transport-error:5"}
+
+
+class _Arrivals:
+    """A grid where one more site connects each time the coordinator looks."""
+
+    def __init__(self, order):
+        self.order, self.looks = list(order), 0
+
+    def get_node_ids(self):
+        self.looks += 1
+        return self.order[:self.looks]
+
+
+def test_the_first_round_waits_for_every_enrolled_site(monkeypatch, capsys):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    strategy = SiteAwareFedAvg(min_sites=1, node_names={1: "A", 2: "B", 3: "C"}, join_timeout=60)
+    grid = _Arrivals([1, 2, 3])
+    strategy._wait_for_enrolled(grid, 1)
+    assert set(grid.get_node_ids()) >= {1, 2, 3}
+    assert "waiting up to 60 s for enrolled site(s) B, C" in capsys.readouterr().err
+    looks = grid.looks
+    strategy._wait_for_enrolled(grid, 2)  # only before the first round
+    assert grid.looks == looks
+
+
+def test_the_join_wait_gives_up_after_its_timeout(monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    strategy = SiteAwareFedAvg(min_sites=1, node_names={1: "A", 2: "B"}, join_timeout=30)
+    grid = _Arrivals([1])  # B never comes
+    strategy._wait_for_enrolled(grid, 1)
+    assert grid.looks < 10
+
+
+def test_the_operator_sees_who_was_left_out_and_why():
+    from fedmed.server import progress
+
+    line = progress.notice({"event": "update-rejected", "round": 2, "site": "D", "reason": "non-finite:w"})
+    assert line == "  ! round 2: update from site D rejected (non-finite:w); left out of this round"
+    assert "site B declined (budget-exhausted)" in progress.notice(
+        {"event": "site-declined", "round": 1, "site": "B", "reason": "budget-exhausted"})
+    assert progress.notice({"event": "round-completed", "round": 1}) is None

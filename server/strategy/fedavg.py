@@ -16,6 +16,9 @@ going when every site failed. This subclass adds what a coordinator needs:
   contributed to each round, rejected updates) to `on_event`;
 - when fewer than `min_sites` sites contributed to a round, the run stops with
   `FederationStopped` naming the reason instead of carrying on with stale weights;
+- with enrolled sites, the first round of a run waits up to `join_timeout` seconds for
+  every enrolled site to connect: the quorum alone would start it as soon as
+  `min_sites` are there and leave a site that started a few seconds late out of it;
 - `first_round` lets a resumed run carry on numbering where the interrupted one stopped,
   so sites see the same round numbers (and derive the same seeds) as without the break.
 """
@@ -23,6 +26,7 @@ going when every site failed. This subclass adds what a coordinator needs:
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -93,6 +97,7 @@ class SiteAwareFedAvg(FedAvg):
         first_round: int = 1,
         node_names: dict[int, str] | None = None,
         names_source: Callable[[], dict[int, str]] | None = None,
+        join_timeout: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -112,6 +117,8 @@ class SiteAwareFedAvg(FedAvg):
         self.node_names: dict[int, str] = dict(self.enrolled)
         # Re-read before each round, so a site enrolled mid-run is named from its first round.
         self.names_source = names_source
+        self.join_timeout = join_timeout
+        self._joined = False
         self._present: set[int] = set()
         self._global: ArrayRecord | None = None
         self._sampled: set[int] = set()
@@ -156,6 +163,27 @@ class SiteAwareFedAvg(FedAvg):
         for node_id in sorted(self._present - now):
             self._event("site-left", site=self._name(node_id), node_id=node_id, round=server_round)
         self._present = now
+
+    def _wait_for_enrolled(self, grid: Grid, server_round: int) -> None:
+        """Before the run's first round, give every enrolled site up to `join_timeout`
+        seconds to connect; after that the round starts with those present (the quorum
+        still applies)."""
+        if self._joined or self.join_timeout <= 0 or not self.enrolled:
+            return
+        self._joined = True
+        expected = set(self.enrolled)
+        deadline = time.monotonic() + self.join_timeout
+        told = False
+        while time.monotonic() < deadline:
+            missing = expected - set(grid.get_node_ids())
+            if not missing:
+                return
+            if not told:
+                names = ", ".join(sorted(self._name(n) for n in missing))
+                print(f"[fedmed coordinator] round {server_round}: waiting up to {self.join_timeout:.0f} s "
+                      f"for enrolled site(s) {names}", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(1.0)
 
     def _remember(self, messages: list[Message]) -> list[Message]:
         """Note where each message went; the grid sets their IDs as it sends them."""
@@ -215,6 +243,7 @@ class SiteAwareFedAvg(FedAvg):
         if self.names_source is not None:
             self.enrolled.update(self.names_source())
             self.node_names.update(self.enrolled)
+        self._wait_for_enrolled(grid, actual)
         self._global = arrays
         # Flower waits inside configure_train until enough sites are connected, so the
         # sites present are known only after it.
