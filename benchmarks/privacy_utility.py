@@ -26,9 +26,9 @@ weights at S×S pixels) and a step size large enough that the few, noisy steps g
 somewhere. 48×48 keeps the synthetic nodules a few pixels wide (at 32×32 they are one or
 two, and even the non-private model learns them slowly) while the CNN has 1.2 M weights
 instead of 2.1 M at 64×64. Adam's steps do not grow with the noise, so its updates stay
-inside the coordinator's update-size check at every ε; SGD with momentum at the same
+well inside the coordinator's update-size check at every ε; SGD with momentum at the same
 quality moved the model by more than ten times its norm at ε ≤ 3 (in a one-process
-emulation of this federation) and would be refused there.
+emulation of this federation), which a tight update-size limit would refuse.
 """
 
 from __future__ import annotations
