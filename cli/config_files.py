@@ -24,6 +24,7 @@ rounds = 10                      # federated rounds
 min-sites = 3                    # sites a round needs; fewer ends the run cleanly
 round-timeout = 1800             # seconds to wait for the sites in a round
 join-timeout = 120               # seconds round 1 waits for every enrolled site
+# tensorboard = "tb/consortium-1"  # also log each round as TensorBoard scalars
 
 model = "cnn"                    # cnn | resnet18
 image-size = 64                  # model input side in pixels

@@ -46,6 +46,7 @@ Window = Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH ov
 Classes = Annotated[str, typer.Option("--classes", help="Class names, in label order.")]
 MinSites = Annotated[int, typer.Option("--min-sites", help="Sites a round needs.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, initial weights and training.")]
+TensorBoard = Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log each round's metrics as TensorBoard scalars in this folder.")]
 RoundTimeout = Annotated[float, typer.Option("--round-timeout", help="Seconds to wait for the sites in a round.")]
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", is_eager=True, callback=apply_config_file,
@@ -65,6 +66,18 @@ def _window(text: Optional[str]) -> tuple[float, float] | None:
     except ValueError:
         _fail(f"--window {text!r}: expected CENTER,WIDTH, e.g. -600,1500")
     return center, width
+
+
+def _tensorboard(folder: Optional[Path]):
+    """The TensorBoard log for --tensorboard, or None; a missing package is a clear error."""
+    if folder is None:
+        return None
+    from fedmed.server.tensorboard_log import TensorBoardLog
+
+    try:
+        return TensorBoardLog(folder)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
@@ -141,6 +154,7 @@ def simulate(
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the outputs).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
+    tensorboard: TensorBoard = None,
     config_file: ConfigFile = None,
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine.
@@ -174,10 +188,21 @@ def simulate(
                f"{config.rounds} round(s) of {config.model}; "
                + ("differential privacy OFF (--no-dp)" if no_dp else f"DP-SGD, budget epsilon={epsilon:g} per site")
                + f"; outputs in {out}")
+    board = _tensorboard(tensorboard)
     typer.echo(progress.header())
-    status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
-                            meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon},
-                            on_round=lambda r: typer.echo(progress.row(r)))
+
+    def on_round(record: dict) -> None:
+        typer.echo(progress.row(record))
+        if board is not None:
+            board.round(record)
+
+    try:
+        status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
+                                meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon},
+                                on_round=on_round)
+    finally:
+        if board is not None:
+            board.close()
     if status["status"] != "completed":
         _fail(f"run failed: {status.get('reason')}", code=1)
     typer.echo(f"done: metrics {out / 'metrics.jsonl'}, final model {out / 'model-final.pt'}")
@@ -192,6 +217,7 @@ def server_start(
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no site keys; binds to loopback only.")] = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run folder after its last completed round (its config is used).")] = None,
     max_update_ratio: Annotated[float, typer.Option("--max-update-ratio", help="Reject a site's update that moves the model by more than this times its norm.")] = 50.0,
+    tensorboard: TensorBoard = None,
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds the first round waits for every enrolled site before it starts with those present (at least --min-sites).")] = 120.0,
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
     optimizer: Optimizer = "adam", model: Model = "cnn", image_size: ImageSize = 64,
@@ -216,7 +242,7 @@ def server_start(
         options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
                                 certs=certs, sites_dir=sites_dir, resume=resume is not None,
                                 update_limits=UpdateLimits(max_update_ratio=max_update_ratio),
-                                join_timeout=join_timeout)
+                                join_timeout=join_timeout, tensorboard=tensorboard)
         code = start_server(options)
     except (DeploymentError, ValueError) as exc:
         _fail(str(exc))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich import box
@@ -139,17 +139,24 @@ def _print_paths(console: Console, title: str, lines: list[str]) -> None:
 
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (config.json, metrics.jsonl).")],
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also write the run's rounds as TensorBoard scalars into this folder.")] = None,
 ) -> None:
     """Plots and a self-contained report.html for a run folder.
 
     Metrics per round and site, participation, the final table and the privacy summary.
 
     Example: fedmed report runs/r1
+    Example: fedmed report runs/r1 --tensorboard tb/r1 && tensorboard --logdir tb
     """
     from fedmed.server.report import write_report
 
     try:
         page = write_report(run_dir)
+        if tensorboard is not None:
+            from fedmed.server.tensorboard_log import export_run
+
+            count = export_run(run_dir, tensorboard)
+            typer.echo(f"wrote {count} round(s) of TensorBoard scalars to {tensorboard}")
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {page} (plots in {page.parent / 'plots'})")

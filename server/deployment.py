@@ -69,6 +69,8 @@ class ServerOptions:
     # Seconds the first round waits for every enrolled site before it starts with the
     # sites present (at least the quorum).
     join_timeout: float = 120.0
+    # Also log each round as TensorBoard scalars here (`tensorboard_log.py`).
+    tensorboard: Path | None = None
     startup_timeout: float = 60.0
     # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
     # so tests can offer sites a modified app and watch them refuse it.
@@ -118,7 +120,7 @@ def _audit_so_far(out_dir: Path) -> list[dict]:
 
 
 def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
-            emit: Callable[[str], None]) -> dict:
+            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None) -> dict:
     """Print rows as metrics.jsonl grows, and a line for each audit event that changes
     who takes part (the ServerApp's own output does not reach this terminal); return
     status.json once the run has written it."""
@@ -134,7 +136,10 @@ def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], de
         lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
         for line in lines[printed:]:
             if line.strip():
-                emit(progress.row(json.loads(line)))
+                record = json.loads(line)
+                emit(progress.row(record))
+                if on_record is not None:
+                    on_record(record)
         printed = len(lines)
         status = read_status(out_dir)
         if status is not None:
@@ -184,6 +189,11 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
     """Run a whole federation from this machine; 0 when it completed, 1 when it failed."""
     host, port = split_address(options.address, "--address")
     _check_options(options, host)
+    board = None
+    if options.tensorboard is not None:
+        from fedmed.server.tensorboard_log import TensorBoardLog
+
+        board = TensorBoardLog(options.tensorboard)  # a missing package fails before anything starts
     try:
         material = None if options.insecure else server_material(options.certs)
         keys = [] if options.insecure else read_sites_dir(options.sites_dir)
@@ -269,7 +279,7 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
         emit(progress.header())
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
-        status = _follow(out_dir, processes, deadline, emit)
+        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None)
     except (_Stopped, KeyboardInterrupt):
         audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
         status = {"status": "stopped"}
@@ -282,6 +292,8 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             log.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+        if board is not None:
+            board.close()
     if status["status"] == "stopped":
         emit(f"stopped; continue later with `fedmed server start --resume {out_dir}`")
         return 130

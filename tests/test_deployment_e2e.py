@@ -39,6 +39,7 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
         "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
         "--rounds", "2", "--min-sites", "3", "--out", str(run_dir),
         "--image-size", "32", "--batch-size", "16", "--round-timeout", "300",
+        "--tensorboard", str(tmp_path / "tb"),
     ], tmp_path / "server.log")
     clients = [
         _start(fedmed_cmd + [
@@ -66,6 +67,14 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
         assert all(s["status"] == "ok" and s["num_examples"] > 0 for s in r["sites"].values())
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert "run completed" in server_out
+
+    # --tensorboard logged every round as it completed.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tb"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("aggregate/accuracy")] == [1, 2]
+    assert {f"site/accuracy/{s}" for s in "ABC"} <= set(board.Tags()["scalars"])
 
     # The audit log: who started the run with which app, who contributed to each round.
     from fedmed.common.app_bundle import fab_hash

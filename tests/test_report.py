@@ -135,3 +135,24 @@ def test_cli_report(tmp_path: Path):
     assert "report.html" in result.output and (run / "report.html").is_file()
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2
+
+
+def test_tensorboard_export_holds_the_rounds_as_scalars(tmp_path: Path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _write_run(tmp_path / "run", _records())
+    result = CliRunner().invoke(app, ["report", str(run), "--tensorboard", str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 round(s) of TensorBoard scalars" in result.output
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"aggregate/accuracy", "site/accuracy/A", "privacy/epsilon/A", "participation/trained"} <= tags
+    assert "privacy/epsilon/B" not in tags  # B trained without DP: no ε to plot
+    assert [(e.step, round(e.value, 3)) for e in events.Scalars("aggregate/accuracy")] == \
+        [(1, 0.7), (2, 0.7), (3, 0.74)]
+    assert [e.value for e in events.Scalars("participation/trained")] == [3, 2, 2]
+    # The aggregate AUC of round 2 was undefined (null): skipped, not plotted as 0.
+    assert [e.step for e in events.Scalars("aggregate/auc")] == [1, 3]
