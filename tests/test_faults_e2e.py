@@ -7,7 +7,9 @@ One TLS federation of four enrolled sites, three rounds, quorum of two:
   audit log name it;
 - site C is killed with SIGKILL (the whole site: `fedmed client`, its SuperNode and its
   executor) while it trains in round 1, and restarted: round 1 completes with A and B,
-  and C takes part again in a later round;
+  and C takes part again in a later round. C trains with DP-SGD: its privacy ledger
+  carries on across its own kill and the coordinator's, every round it contributed is in
+  the ledger, and ε accumulates over both runs;
 - after round 2 the whole coordinator (`fedmed server start`, SuperLink, proxy,
   ServerApp) is killed with SIGKILL and restarted with `--resume`: the run ends with
   the planned three rounds, numbered on from where it stopped.
@@ -57,7 +59,9 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
             "client", "--site", site, "--data", str(synthetic_sites / (data or site)),
             "--server", f"127.0.0.1:{port}",
             "--state", str(tmp_path / "state" / site), "--certs", str(tmp_path / f"certs-{site}"),
-            "--no-dp",  # DP-SGD is tested elsewhere; here it would only slow the rounds down
+            # Only C trains with DP-SGD (its ledger must survive the kills); for the
+            # others it would only slow the rounds down.
+            *([] if site == "C" else ["--no-dp"]),
         ], tmp_path / log, env)
 
     poisoned = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "poisoned_site")}
@@ -112,5 +116,20 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
     assert rows[0]["sites"]["D"]["status"] == "rejected"
     assert "round 1: update from site D rejected (non-finite" in (tmp_path / "server.log").read_text()
     assert "update from site D rejected (non-finite" in resumed_out
+    # C's privacy ledger went on across both kills: every round C contributed to is in
+    # it, ε only grew, and an auditor's recomputation of every line agrees.
+    from fedmed.client.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger.audit(tmp_path / "state" / "C")
+    trained = [r["round"] for r in rows if r["sites"].get("C", {}).get("status") == "ok"]
+    assert trained and set(trained) <= {e.round for e in ledger.entries}
+    epsilons = [e.epsilon for e in ledger.entries]
+    assert epsilons == sorted(epsilons) and 0 < epsilons[-1] <= 8.0
+    run_of = {e.round: e.run for e in ledger.entries}
+    if 2 in trained and 3 in trained:
+        assert run_of[2] != run_of[3]  # the resumed run is a new run: ε composed over both
+    last = rows[trained[-1] - 1]["sites"]["C"]["epsilon"]
+    assert last == pytest.approx(epsilons[-1])
+
     finished = [e for e in audit if e["event"] == "run-finished"]
     assert finished and finished[-1]["status"] == "completed" and finished[-1]["rounds_completed"] == 3
