@@ -47,20 +47,24 @@ def row(record: Mapping[str, Any]) -> str:
                      for v, (name, w) in zip(cells, COLUMNS))
 
 
+# Audit events that change who takes part, as the operator reads them.
+NOTICES = {
+    "update-rejected": "  ! round {round}: update from site {site} rejected ({reason}); left out of this round",
+    "site-declined": "  ! round {round}: site {site} declined ({reason})",
+    "site-joined": "  + site {site} joined (round {round})",
+    "site-left": "  - site {site} left (round {round})",
+    "site-name-mismatch": "  ! site {site} replied under the name {claimed!r}; recorded as {site}",
+    "site-refused": "  ! a connection was refused at the public port ({reason})",
+}
+
+
+class _Fields(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
 def notice(event: Mapping[str, Any]) -> str | None:
     """A line for the operator about an audit event that changes who takes part; None
     for the events the table already shows (or that need no attention)."""
-    kind, site, r = event.get("event"), event.get("site"), event.get("round")
-    if kind == "update-rejected":
-        return f"  ! round {r}: update from site {site} rejected ({event.get('reason')}); left out of this round"
-    if kind == "site-declined":
-        return f"  ! round {r}: site {site} declined ({event.get('reason')})"
-    if kind == "site-joined":
-        return f"  + site {site} joined (round {r})"
-    if kind == "site-left":
-        return f"  - site {site} left (round {r})"
-    if kind == "site-name-mismatch":
-        return f"  ! site {site} replied under the name {event.get('claimed')!r}; recorded as {site}"
-    if kind == "site-refused":
-        return f"  ! a connection was refused at the public port ({event.get('reason')})"
-    return None
+    template = NOTICES.get(str(event.get("event")))
+    return None if template is None else template.format_map(_Fields(event))
