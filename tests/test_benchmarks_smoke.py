@@ -69,7 +69,9 @@ def test_every_run_behind_the_rows_completed(smoke):
     assert s["overhead"]["bytes"]["deployment_measured"]["up_per_site_round"] > 0
     if "skipped" not in s["scale"]:
         assert all(r["status"] == "completed" for r in s["scale"]["rows"]), s["scale"]["rows"]
-    assert all(r["correct"] in ("yes", "n/a") for r in s["dp"]["rows"]), s["dp"]["rows"]
+    # "n/a" for the plain baseline, "yes (errors...)" for a DP mode that clips correctly.
+    assert all(r["correct"] == "n/a" or r["correct"].startswith("yes ") for r in s["dp"]["rows"]), \
+        [r["correct"] for r in s["dp"]["rows"]]
     assert s["data"]["test_files"]
 
 
