@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedmed.client.privacy.disclosure import suppress_small_cells
 from fedmed.client.privacy.dp_sgd import make_private_training
 from fedmed.client.privacy.ledger import LedgerError, PrivacyLedger
 from fedmed.client.privacy.run_plan import decide, plan_run
@@ -149,7 +150,9 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     data = _site_data(site, config)
     model = _global_model(msg, config)
     started = time.perf_counter()
-    values = evaluate(model, data.val_x, data.val_y, pick_device())
+    # A class with few held-out images would be countable from the per-class rates.
+    values = suppress_small_cells(evaluate(model, data.val_x, data.val_y, pick_device()),
+                                  data.val_y, len(config.classes))
     metrics = MetricRecord({WEIGHT_KEY: int(len(data.val_y)), **values,
                             "eval_seconds": time.perf_counter() - started})
     content = RecordDict({METRICS_KEY: metrics, SITE_KEY: _site_record(site.name, SiteStatus.OK)})
