@@ -56,7 +56,7 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
     records = read_metrics(run_dir)
     if records:
         emit("")
-        emit(f"final round, per site (held-out patients):")
+        emit("final round, per site (held-out patients):")
         emit(f"{'site':>6}  {'images':>6}  {'acc':>6}  {'auc':>6}  {'sens':>6}  {'spec':>6}")
         last = records[-1]
         for name, m in list(last["sites"].items()) + [("all", last["aggregate"])]:
@@ -65,6 +65,8 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
                 return f"{value:6.3f}" if isinstance(value, (int, float)) else "     -"
             emit(f"{name:>6}  {int(m.get('num_examples') or 0):>6}  {f('accuracy')}  {f('auc')}  "
                  f"{f('sensitivity')}  {f('specificity')}")
+        emit("  -: not sent; a site withholds sens/spec while a held-out class has fewer than "
+             "10 images (docs/privacy.md), and AUC is undefined on one class")
     emit("")
     emit(f"{status['status']} in {time.perf_counter() - started:.0f} s. Outputs in {run_dir}: "
          "metrics.jsonl, checkpoints/, model-final.pt, config.json, report.html")
