@@ -360,7 +360,8 @@ def _final_section(run: _Run) -> str:
                "accuracy", "AUC", "sensitivity", "specificity", "ε"]
     worst = (f'<p class="note">Worst site: accuracy {_fmt(agg.get("worst_site_accuracy"))}, '
              f'AUC {_fmt(agg.get("worst_site_auc"))}. A dash is a value a site did not report '
-             "(a failed round, or an AUC undefined on a one-class validation split). "
+             "(a failed round, an AUC undefined on a one-class validation split, or sensitivity "
+             "and specificity withheld because a validation class had fewer than 10 images). "
              "The ε of “all sites” is the largest any site reported.</p>")
     return (f"<h2>Final results (round {_count(last.get('round'))})</h2>"
             + _table(headers, rows, "numbers") + worst)
