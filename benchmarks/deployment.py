@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmed.common.processes import free_port
+from fedmed.common.processes import free_port, start, stop
 
 from benchmarks.proctree import TreeMemory
 
@@ -97,19 +96,7 @@ def _fedmed_cmd() -> list[str]:
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    # A session of its own, so the whole tree (SuperLink, SuperNode, app processes) can
-    # be stopped by this process group's id.
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    return start(cmd, open(log, "wb"), dict(os.environ))
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -157,9 +144,8 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
                     break
                 time.sleep(0.1)
         finally:
-            _stop(server)
-            for c in clients:
-                _stop(c)
+            for process in (server, *clients):
+                stop(process, grace=20)
             for r in relays.values():
                 r.close()
     total = time.perf_counter() - started

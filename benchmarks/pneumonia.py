@@ -26,6 +26,12 @@ def locate() -> Path | None:
     return NPZ if NPZ.is_file() else None
 
 
+def skipped(section: str) -> dict:
+    """What a section that needs the data set returns when `locate` found none."""
+    return {"skipped": f"{NPZ_DISPLAY} is not present next to the repository; "
+                       f"the {section} section needs it", "rows": []}
+
+
 def split_sizes(npz: Path) -> dict[str, dict[str, int]]:
     """{split: {"images": N, "positive": n1}} as found in the file."""
     return {split: {"images": int(len(y)), "positive": int(np.sum(y == 1))}

@@ -54,6 +54,8 @@ from fedmed.simulations.runner import simulate
 from fedmed.simulations.sites import dicom_sites
 from fedmed.simulations.synthetic_dicom import write_sites
 
+from benchmarks.machine import cpu_model
+
 SITES = ("A", "B", "C")
 EPSILONS = (1.0, 3.0, 8.0)
 NO_DP = "no DP"
@@ -162,16 +164,6 @@ def run_benchmark(setup: Setup, out: Path, epsilons: tuple[float, ...] = EPSILON
     return results
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _num(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -185,7 +177,7 @@ def markdown(setup: Setup, results: list[Result]) -> str:
         f"{setup.image_size}×{setup.image_size}, cnn, {setup.optimizer} lr {setup.lr:g}, "
         f"batch {setup.batch_size}, {setup.rounds} rounds × {setup.epochs} local epochs, "
         f"clip norm C = {setup.max_grad_norm:g}, δ = default_delta(N), seed {setup.seed}.",
-        f"Measured {date.today().isoformat()} on {_cpu()} ({os.cpu_count()} cores), "
+        f"Measured {date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores), "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         "",
         "| ε budget | planned σ | final ε (max over sites) | AUC | accuracy | worst-site AUC | wall time |",

@@ -128,10 +128,13 @@ def _machine(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _figure(figures: dict[str, str | None], key: str, caption: str) -> list[str]:
+    """The markdown of a plot, or nothing when it could not be drawn."""
+    return [f"![{caption}]({PLOTS}/{figures[key]})", ""] if figures.get(key) else []
+
+
 def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
-    lines = ["## 1. Utility on real data: PneumoniaMNIST", ""]
-    if "skipped" in section or "error" in section:
-        return lines + [f"**Not run:** {section.get('skipped') or section.get('error')}", ""]
+    lines: list[str] = []
     plan, data = section["plan"], section["data"]
     splits = data["splits"]
     split_text = ", ".join(f"{k} {v['images']} ({v['images'] - v['positive']} normal)" for k, v in splits.items())
@@ -184,16 +187,12 @@ def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[st
     notes = [f"- {r['label']}: {n}" for r in section["rows"] for n in r["notes"]]
     if notes:
         lines += ["Notes:", ""] + notes + [""]
-    for key, caption in (("utility_auc", "Test AUC per setting"), ("utility_rounds", "Validation AUC per round")):
-        if figures.get(key):
-            lines += [f"![{caption}]({PLOTS}/{figures[key]})", ""]
-    return lines
+    return lines + _figure(figures, "utility_auc", "Test AUC per setting") \
+        + _figure(figures, "utility_rounds", "Validation AUC per round")
 
 
 def _dp(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
-    lines = ["## 2. DP cost per training step", ""]
-    if "error" in section:
-        return lines + [f"**Not run:** {section['error']}", ""]
+    lines: list[str] = []
     rows = [dp_cost.Row(**r) for r in section["rows"]]
     modes = ", ".join(f"{k}: {v}" for k, v in section["fedmed_mode"].items())
     lines += [
@@ -207,15 +206,11 @@ def _dp(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
         dp_cost.markdown(rows),
         "",
     ]
-    if figures.get("dp_cost"):
-        lines += [f"![DP / plain step time]({PLOTS}/{figures['dp_cost']})", ""]
-    return lines
+    return lines + _figure(figures, "dp_cost", "DP / plain step time")
 
 
 def _overhead(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
-    lines = ["## 3. Round overhead and bytes on the wire", ""]
-    if "error" in section:
-        return lines + [f"**Not run:** {section['error']}", ""]
+    lines: list[str] = []
     cfg = section["config"]
     lines += [
         "**Overhead** is the part of a round's wall time that is neither training nor evaluation. "
@@ -284,15 +279,11 @@ def _overhead(section: dict[str, Any], figures: dict[str, str | None]) -> list[s
                   f"{sim_mem['peak_pss_mib']:.0f} MiB ({sim_mem['peak_rss_mib']:.0f} MiB), the deployment — "
                   f"coordinator and the three sites' processes — {d['memory']['peak_pss_mib']:.0f} MiB "
                   f"({d['memory']['peak_rss_mib']:.0f} MiB).", ""]
-    if figures.get("round_overhead"):
-        lines += [f"![Round time split]({PLOTS}/{figures['round_overhead']})", ""]
-    return lines
+    return lines + _figure(figures, "round_overhead", "Round time split")
 
 
 def _scale(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
-    lines = ["## 4. Scale: 3, 10, 30 sites", ""]
-    if "skipped" in section or "error" in section:
-        return lines + [f"**Not run:** {section.get('skipped') or section.get('error')}", ""]
+    lines: list[str] = []
     size = section["size"]
     lines += [
         f"Each site holds {size['train_per_site']} training and {size['val_per_site']} validation images "
@@ -330,15 +321,11 @@ def _scale(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
                     f"fit, after {e['non_actor_pss_mib']:.0f} MiB for the coordinator and Ray's daemons. "
                     "More actors share the libraries more ways, so this is a cautious figure.")
     lines += [" ".join(text), ""]
-    if figures.get("scale"):
-        lines += [f"![Scale]({PLOTS}/{figures['scale']})", ""]
-    return lines
+    return lines + _figure(figures, "scale", "Scale")
 
 
 def _data(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
-    lines = ["## 5. Data: DICOM decode and preprocess throughput", ""]
-    if "error" in section:
-        return lines + [f"**Not run:** {section['error']}", ""]
+    lines: list[str] = []
     s = section["settings"]
     lines += [
         f"A site load (`load_dicom_site`, {s['size']}×{s['size']} output): header scan, cache lookup, "
@@ -368,9 +355,7 @@ def _data(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
         lines.append(f"| `{f['file']}` | {f['transfer_syntax']} | {f['matrix']} | {f['bits_stored']} | "
                      f"{f['ms_per_image']:.1f} | {f['images_per_s']:.0f} |")
     lines.append("")
-    if figures.get("data_throughput"):
-        lines += [f"![Site load throughput]({PLOTS}/{figures['data_throughput']})", ""]
-    return lines
+    return lines + _figure(figures, "data_throughput", "Site load throughput")
 
 
 # --- the headline ------------------------------------------------------------------------
@@ -497,6 +482,15 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
 
 
 # --- writing -----------------------------------------------------------------------------
+SECTION_WRITERS = (
+    ("utility", "## 1. Utility on real data: PneumoniaMNIST", _utility),
+    ("dp", "## 2. DP cost per training step", _dp),
+    ("overhead", "## 3. Round overhead and bytes on the wire", _overhead),
+    ("scale", "## 4. Scale: 3, 10, 30 sites", _scale),
+    ("data", "## 5. Data: DICOM decode and preprocess throughput", _data),
+)
+
+
 def write(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write OUT/benchmarks.md, OUT/benchmarks/*.png and OUT/benchmarks-headline.md."""
     out = Path(out)
@@ -523,10 +517,12 @@ def write(results: dict[str, Any], out: Path) -> dict[str, Path]:
                   "measures the full size.", ""]
     lines += ["## Headline", "", headline_markdown(results, link=False), ""]
     lines += _machine(results)
-    writers = (("utility", _utility), ("dp", _dp), ("overhead", _overhead), ("scale", _scale), ("data", _data))
-    for name, writer in writers:
+    for name, title, writer in SECTION_WRITERS:
         if name in sections:
-            lines += writer(sections[name], figures)
+            section = sections[name]
+            # A section that failed, or was skipped for want of its data, says why instead.
+            why = section.get("skipped") or section.get("error")
+            lines += [title, ""] + ([f"**Not run:** {why}", ""] if why else writer(section, figures))
     lines += _gpu(out)
     lines += [
         "## References", "",

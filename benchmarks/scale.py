@@ -77,8 +77,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     size = SMOKE if smoke else FULL
     source = pneumonia.locate()
     if source is None:
-        return {"skipped": f"{pneumonia.NPZ_DISPLAY} is not present next to the repository; "
-                           "the scale section needs it", "rows": []}
+        return pneumonia.skipped("scale")
     rows = []
     for n in size["sites"]:
         npz = pneumonia.write_subset(source, work / f"subset-{n}.npz",

@@ -207,8 +207,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     plan = SMOKE if smoke else FULL
     source = pneumonia.locate()
     if source is None:
-        return {"skipped": f"{pneumonia.NPZ_DISPLAY} is not present next to the repository; "
-                           "the utility section needs it", "rows": []}
+        return pneumonia.skipped("utility")
     npz = source
     if plan.subset:
         npz = pneumonia.write_subset(source, work / "pneumoniamnist-subset.npz", plan.subset, seed=0)

@@ -6,43 +6,27 @@ The secure default (TLS, enrolled sites, the public-port proxy) is exercised by
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from fedmed.common.processes import free_port
+from process_tree import start, stop  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
-
-
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_path: Path, fedmed_cmd):
     port = free_port()
     run_dir = tmp_path / "run"
-    server = _start(fedmed_cmd + [
+    server = start(fedmed_cmd + [
         "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
         "--rounds", "2", "--min-sites", "3", "--out", str(run_dir),
         "--image-size", "32", "--batch-size", "16", "--round-timeout", "300",
         "--tensorboard", str(tmp_path / "tb"),
     ], tmp_path / "server.log")
     clients = [
-        _start(fedmed_cmd + [
+        start(fedmed_cmd + [
             "client", "--site", site, "--data", str(synthetic_sites / site),
             "--server", f"127.0.0.1:{port}", "--state", str(tmp_path / "state" / site), "--insecure",
         ], tmp_path / f"client-{site}.log")
@@ -51,9 +35,7 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
     try:
         code = server.wait(timeout=420)
     finally:
-        _kill(server)
-        for c in clients:
-            _kill(c)
+        stop(server, *clients)
     server_out = (tmp_path / "server.log").read_text()
     assert code == 0, server_out + (run_dir / "superlink.log").read_text()[-3000:]
 

@@ -15,20 +15,9 @@ from fedmed.client.privacy import (
     plan_noise_multiplier,
     rounds_affordable,
 )
+from pld_reference import pld_epsilon  # noqa: E402 — tests/ is on sys.path under pytest
 
 DELTA = 1e-5
-
-
-def pld_epsilon(history, delta):
-    """Google's PLD accountant (Doroshenko et al. 2022) as the independent reference."""
-    dp_accounting = pytest.importorskip("dp_accounting")
-    from dp_accounting.pld import PLDAccountant
-
-    accountant = PLDAccountant(value_discretization_interval=1e-3)
-    for sigma, q, steps in history:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return accountant.get_epsilon(delta)
 
 
 # ----------------------------------------------------------------------------- epsilon

@@ -11,21 +11,10 @@ import pytest
 
 from fedmed.client.privacy import LedgerError, PrivacyLedger, epsilon
 from fedmed.client.privacy.ledger import HEAD_NAME, LEDGER_NAME, canonical_hash
+from pld_reference import pld_epsilon  # noqa: E402 — tests/ is on sys.path under pytest
 
 DELTA = 1e-5
 DATA = "sha256:5f1c0d-site-a-train"
-
-
-def pld_epsilon(history, delta):
-    """Google's PLD accountant (Doroshenko et al. 2022), independent of Opacus."""
-    dp_accounting = pytest.importorskip("dp_accounting")
-    from dp_accounting.pld import PLDAccountant
-
-    accountant = PLDAccountant(value_discretization_interval=1e-3)
-    for sigma, q, steps in history:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return accountant.get_epsilon(delta)
 
 
 def read_rows(state_dir):
