@@ -41,7 +41,11 @@ class TensorBoardLog:
             raise ValueError("--tensorboard needs the tensorboard package: "
                              "pip install 'fedmed[tensorboard]'") from None
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        try:
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        except OSError as exc:
+            raise ValueError(f"--tensorboard {self.log_dir}: cannot write there ({exc.strerror or exc}); "
+                             "give a folder you can create files in") from None
 
     def round(self, record: Mapping[str, Any]) -> None:
         step = int(record["round"])

@@ -156,3 +156,7 @@ def test_tensorboard_export_holds_the_rounds_as_scalars(tmp_path: Path):
     assert [e.value for e in events.Scalars("participation/trained")] == [3, 2, 2]
     # The aggregate AUC of round 2 was undefined (null): skipped, not plotted as 0.
     assert [e.step for e in events.Scalars("aggregate/auc")] == [1, 3]
+
+    (tmp_path / "a-file").write_text("")
+    unwritable = CliRunner().invoke(app, ["report", str(run), "--tensorboard", str(tmp_path / "a-file" / "tb")])
+    assert unwritable.exit_code == 2 and "--tensorboard" in unwritable.output and "cannot write there" in unwritable.output
