@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "abnormal")
+# How a multi-frame file (cine loop, volume, tomosynthesis) becomes model inputs.
+FRAME_POLICIES: tuple[str, ...] = ("middle", "all", "mip")
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,21 @@ class ImageSettings:
         window in the files; None uses the file's VOI LUT / window, and min–max scaling
         for files that have neither.
     mean, std: the normalisation applied to the [0, 1] windowed image.
+    frames: what a multi-frame file gives (single-frame files are unaffected):
+        "middle" (default) its middle frame, one image per file as for any other file;
+        "all" every frame as its own image of the same patient, with the file's label;
+        "mip" one maximum-intensity projection over all frames.
+        "middle" is the default because a label is given to a file: one image per file
+        keeps a site's image count, its class balance and the privacy unit of DP-SGD (one
+        record) what the site admin sees. With "all", one labelled file becomes many
+        records, so DP's guarantee is per frame, not per file (docs/privacy.md).
     """
 
     size: int = 64
     window: tuple[float, float] | None = None
     mean: float = 0.5
     std: float = 0.5
+    frames: str = "middle"
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -36,6 +47,8 @@ class ImageSettings:
             raise ValueError(f"window: expected a positive width, got {self.window[1]}")
         if self.std <= 0:
             raise ValueError(f"std: expected a positive value, got {self.std}")
+        if self.frames not in FRAME_POLICIES:
+            raise ValueError(f"frames: expected one of {', '.join(FRAME_POLICIES)}, got {self.frames!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -50,4 +63,7 @@ class ImageSettings:
             window=(float(window[0]), float(window[1])) if window else None,
             mean=float(d.get("mean", 0.5)),
             std=float(d.get("std", 0.5)),
+            # Runs and models saved before the setting existed refused multi-frame files,
+            # so any policy reproduces them; "middle" is the default.
+            frames=str(d.get("frames") or "middle"),
         )

@@ -260,17 +260,17 @@ def test_cache_second_load_decodes_nothing(tmp_path, monkeypatch):
     write_labels_csv(data, written)
 
     decoded = []
-    real_load_image = site_module.load_image
+    real_load_images = site_module.load_images
 
-    def counting_load_image(path, settings):
+    def counting_load_images(path, settings):
         decoded.append(Path(path).name)
-        return real_load_image(path, settings)
+        return real_load_images(path, settings)
 
-    monkeypatch.setattr(site_module, "load_image", counting_load_image)
+    monkeypatch.setattr(site_module, "load_images", counting_load_images)
     seen = []
     first = load_dicom_site(data, state, SETTINGS, CLASSES, progress=lambda d, t: seen.append((d, t)))
     assert len(decoded) == 5 and seen[-1] == (5, 5) and len(seen) == 5
-    assert first.skipped.counts == {f"cannot decode transfer syntax {JPEGBaseline8Bit}": 1}
+    assert first.skipped.counts == {"corrupt JPEG Baseline (Process 1) pixel data": 1}
     cache_files = list((state / "cache").glob("*.npz"))
     assert len(cache_files) == 1 and (cache_files[0].stat().st_mode & 0o077) == 0
 

@@ -2,7 +2,7 @@
 
 Only headers are read (the pixel data is skipped, not decoded). A file is left out, with
 its reason counted in a `SkipReport`, when it is not DICOM, is cut short or corrupt,
-holds no single-frame image the pipeline accepts, lacks a SOPInstanceUID, repeats a
+holds no image the pipeline accepts, lacks a SOPInstanceUID, repeats a
 SOPInstanceUID already seen (the first file in path order is kept), or has no usable
 label. Rows of labels.csv whose key matches no file are counted too.
 
