@@ -174,7 +174,7 @@ def simulate(
     try:
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
         if data is not None:
-            site_list = dicom_sites(data, state_root, privacy)
+            site_list = dicom_sites(data, state_root, privacy, parse_classes(classes))
             size = image_size or 64
         else:
             from fedmed.client.sitedata import read_medmnist
