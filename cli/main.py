@@ -166,7 +166,7 @@ def simulate(
     from fedmed.client.privacy.policy import PrivacyPolicy
     from fedmed.server import progress
     from fedmed.simulations.runner import simulate as run_simulation
-    from fedmed.simulations.sites import dicom_sites, npz_sites
+    from fedmed.simulations.sites import check_dicom_sites, dicom_sites, npz_sites
 
     if (data is None) == (npz is None):
         _fail("give exactly one of --data DIR or --npz FILE")
@@ -174,7 +174,7 @@ def simulate(
     try:
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
         if data is not None:
-            site_list = dicom_sites(data, state_root, privacy, parse_classes(classes))
+            site_list = dicom_sites(data, state_root, privacy)
             size = image_size or 64
         else:
             from fedmed.client.sitedata import read_medmnist
@@ -185,6 +185,11 @@ def simulate(
         _fail(str(exc))
     config = _federation(rounds, epochs, batch_size, lr, optimizer, model, size, window, classes,
                          min_sites or len(site_list), seed, round_timeout, frames)
+    if data is not None:
+        try:
+            check_dicom_sites(data, config.classes)
+        except ValueError as exc:
+            _fail(str(exc))
     typer.echo(f"simulating {len(site_list)} site(s): {', '.join(s.name for s in site_list)}; "
                f"{config.rounds} round(s) of {config.model}; "
                + ("differential privacy OFF (--no-dp)" if no_dp else f"DP-SGD, budget epsilon={epsilon:g} per site")

@@ -12,14 +12,12 @@ from fedmed.common.federation import FederationConfig
 from fedmed.simulations.partition import partition_indices
 
 
-def dicom_sites(data_root: Path, state_root: Path, privacy: PrivacyPolicy = PrivacyPolicy(),
-                classes: tuple[str, ...] | None = None) -> list[Site]:
-    """One site per sub-folder of `data_root` (as `fedmed data synth` writes them).
+def dicom_sites(data_root: Path, state_root: Path, privacy: PrivacyPolicy = PrivacyPolicy()) -> list[Site]:
+    """One site per sub-folder of `data_root` (as `fedmed data synth` writes them)."""
+    return [dicom_site(p.name, p, Path(state_root) / p.name, privacy) for p in _site_folders(data_root)]
 
-    classes: when given, each folder's labels are checked first (`fedmed data check`'s
-        header-only part), and a site that cannot train is a ValueError naming the site,
-        its folder and the fix, instead of a `train-error` from every site at round 1.
-    """
+
+def _site_folders(data_root: Path) -> list[Path]:
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise ValueError(f"--data {data_root}: expected a folder with one sub-folder per site")
@@ -27,16 +25,17 @@ def dicom_sites(data_root: Path, state_root: Path, privacy: PrivacyPolicy = Priv
     if not folders:
         raise ValueError(f"--data {data_root}: no site sub-folders found; "
                          "write some with `fedmed data synth --out DIR`")
-    if classes is not None:
-        _check_labels(folders, tuple(classes))
-    return [dicom_site(p.name, p, Path(state_root) / p.name, privacy) for p in folders]
+    return folders
 
 
-def _check_labels(folders: list[Path], classes: tuple[str, ...]) -> None:
+def check_dicom_sites(data_root: Path, classes: tuple[str, ...]) -> None:
+    """Check each DICOM site's folder before the run (`fedmed data check`'s header-only
+    part): a site that cannot train is a ValueError naming the site, its folder and the
+    fix, instead of a `train-error` from every site at round 1."""
     from fedmed.client.datacheck import preflight
 
     problems = []
-    for folder in folders:
+    for folder in _site_folders(data_root):
         found = preflight(folder, classes)
         if found.problems:
             problems.append(f"site {folder.name}: {found.problems[0]}")

@@ -280,7 +280,7 @@ def test_labels_csv_io_and_encodings_are_one_line(tmp_path: Path, monkeypatch):
 
 def test_client_start_and_simulate_stop_on_wrong_labels(tmp_path: Path):
     from fedmed.client.supernode import ClientOptions, ClientSetupError, preflight
-    from fedmed.simulations.sites import dicom_sites
+    from fedmed.simulations.sites import check_dicom_sites
 
     root = tmp_path / "data"
     for site_name in ("A", "B"):
@@ -292,6 +292,6 @@ def test_client_start_and_simulate_stop_on_wrong_labels(tmp_path: Path):
     assert "4 labelled image(s) ready" in preflight(
         ClientOptions(site="A", data_dir=root / "A", server="127.0.0.1:9092"), ("healthy", "sick"))
     with pytest.raises(ValueError, match=r"site A: labels in .*pass --classes healthy,sick") as info:
-        dicom_sites(root, tmp_path / "state", classes=CLASSES)
+        check_dicom_sites(root, CLASSES)
     assert "site B:" in str(info.value)
-    assert len(dicom_sites(root, tmp_path / "state", classes=("healthy", "sick"))) == 2
+    check_dicom_sites(root, ("healthy", "sick"))
