@@ -219,3 +219,15 @@ def predict(
     failed = sum(1 for p in predictions if p.error)
     typer.echo(f"{len(predictions)} file(s): {len(predictions) - failed} predicted, {failed} "
                f"could not be used; wrote {out}")
+    unlike = [p for p in predictions if p.warning and not p.error]
+    if unlike:
+        kinds = sorted({part for p in unlike for part in p.warning.split("; ")})
+        typer.secho(f"warning: {len(unlike)} file(s) unlike the model's training data (see the "
+                    f"warning column): {kinds[0]}" + (f", and {len(kinds) - 1} other kind(s)" if len(kinds) > 1 else ""),
+                    fg=typer.colors.YELLOW, err=True)
+    if not loaded.trained_on.get("modalities"):
+        typer.echo("note: the model does not say which modality it was trained on (train with "
+                   "--modality, e.g. CT), so a file of another modality cannot be flagged")
+    if failed == len(predictions):
+        _fail(f"nothing could be predicted: {predictions[0].error}"
+              + (" (and others, see the error column)" if len(predictions) > 1 else ""), code=1)

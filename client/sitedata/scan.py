@@ -47,6 +47,7 @@ class SiteFile:
     sop_uid: str
     patient: str  # grouping key for the split: "patient:<PatientID>", "study:..." or "image:..."
     label: int  # index into the class list
+    modality: str = ""  # the header's Modality code ("" when absent)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class _Header:
     mtime_ns: int
     sop_uid: str
     patient: str
+    modality: str
 
 
 def scan_site(
@@ -119,7 +121,7 @@ def scan_site(
             report.add(header.relpath, label)
             continue
         files.append(SiteFile(header.relpath, header.size, header.mtime_ns, header.sop_uid,
-                              header.patient, label))
+                              header.patient, label, header.modality))
     return files, report
 
 
@@ -170,6 +172,7 @@ def _read_header(root: Path, rel: str, report: SkipReport, read_uids: set[str]) 
             if not sop_uid:
                 raise UnusableImage("no SOPInstanceUID")
             patient = patient_key(ds, sop_uid)
+            modality = str(ds.get("Modality") or "").strip().upper()
         stat = path.stat()
     except UnusableImage as e:
         report.add(rel, e.reason)
@@ -177,7 +180,7 @@ def _read_header(root: Path, rel: str, report: SkipReport, read_uids: set[str]) 
     except OSError:
         report.add(rel, "unreadable file")
         return None
-    return _Header(rel, stat.st_size, stat.st_mtime_ns, sop_uid, patient)
+    return _Header(rel, stat.st_size, stat.st_mtime_ns, sop_uid, patient, modality)
 
 
 def _sop_uid(ds: Dataset) -> str:

@@ -24,7 +24,9 @@ from .report import SkipReport
 from .scan import SiteFile, scan_site
 from .split import split_by_patient
 
-__all__ = ["SiteData", "data_fingerprint", "load_dicom_site"]
+__all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "load_dicom_site"]
+
+OTHER_MODALITY = "modality not in the run's list"
 
 
 @dataclass
@@ -87,23 +89,37 @@ def load_dicom_site(
         counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.counts.items()))
         raise ValueError(f"{root}: no usable labelled image (skipped: {counts or 'none'})")
 
+    # The fingerprint names every usable image, before the run's modality list picks some:
+    # a run's choice never makes the same images another data set with a fresh budget.
+    fingerprint = data_fingerprint(usable)
+    counts = list(cached.counts)
+    if settings.modalities:
+        for i, f in enumerate(files):
+            if counts[i] and f.modality not in settings.modalities:
+                skipped.add(f.relpath, OTHER_MODALITY)
+                counts[i] = 0
+        if not any(counts):
+            raise ValueError(f"{root}: no labelled image of the run's modalities "
+                             f"{', '.join(settings.modalities)} (skipped: {skipped.counts.get(OTHER_MODALITY, 0)} "
+                             "of another modality)")
     # One entry per image: a multi-frame file under the "all" policy repeats its label and
     # its patient, so all its frames fall on the same side of the split.
-    per_image = [f for f, n in zip(files, cached.counts) for _ in range(n)]
+    per_image = [f for f, n in zip(files, counts) for _ in range(n)]
+    images = cached.images[np.repeat([c > 0 for c in counts], cached.counts)]
     labels = np.asarray([f.label for f in per_image], dtype=np.int64)
     train, val = split_by_patient([f.patient for f in per_image], val_fraction, seed)
     return SiteData(
         classes=classes,
-        train_x=cached.images[train],
+        train_x=images[train],
         train_y=labels[train],
-        val_x=cached.images[val],
+        val_x=images[val],
         val_y=labels[val],
         num_patients={
             "train": len({per_image[i].patient for i in train}),
             "val": len({per_image[i].patient for i in val}),
         },
         skipped=skipped,
-        fingerprint=data_fingerprint(usable),
+        fingerprint=fingerprint,
     )
 
 
