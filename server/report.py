@@ -69,6 +69,9 @@ _PARTICIPATION = {
     "absent": ("no reply", "#eeeeee", "-"),
 }
 _DPI = 110
+# Plots of several panels, shown at the page's full width.
+_WIDE_PLOTS = ("sensitivity_specificity.png", "confusion.png")
+_WIDE = ' class="wide"'
 
 
 @dataclass
@@ -111,12 +114,12 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     if run.records:
         for key, title in PLOTTED_METRICS:
             plots.append((title, _save(_metric_figure(run, key, title), plots_dir / f"{key}.png")))
-        plots.append(("Sensitivity and specificity per round",
-                      _save(_rates_figure(run), plots_dir / "sensitivity_specificity.png")))
         last = run.records[-1]
         if any(_roc(run.site(last, name)) for name in run.sites):
             plots.append((f"ROC curves, round {_count(last.get('round'))}",
                           _save(_roc_figure(run), plots_dir / "roc.png")))
+        plots.append(("Sensitivity and specificity per round",
+                      _save(_rates_figure(run), plots_dir / "sensitivity_specificity.png")))
         if any(confusion_matrix(run.site(last, name) or {}) for name in run.sites):
             plots.append((f"Confusion matrices, round {_count(last.get('round'))}",
                           _save(_confusion_figure(run), plots_dir / "confusion.png")))
@@ -255,7 +258,7 @@ def _metric_figure(run: _Run, key: str, title: str) -> Figure:
 
 
 def _rates_figure(run: _Run) -> Figure:
-    fig = _figure(9.6, 3.4)
+    fig = _figure(11.0, 3.6)
     axes = fig.subplots(1, 2, sharey=True)
     rounds = run.rounds
     for ax, key in zip(axes, ("sensitivity", "specificity")):
@@ -294,7 +297,7 @@ def _roc(entry: dict[str, Any] | None) -> tuple[list[float], list[float]] | None
 
 
 def _roc_figure(run: _Run) -> Figure:
-    fig = _figure(6.4, 4.6)
+    fig = _figure(6.4, 5.4)
     ax = fig.subplots()
     last = run.records[-1]
     ax.plot([0, 1], [0, 1], color="#9e9e9e", linestyle=":", linewidth=1, label="chance")
@@ -321,9 +324,9 @@ def _roc_figure(run: _Run) -> Figure:
     ax.grid(alpha=0.3)
     ax.set_title(f"ROC per site, round {_count(last.get('round'))} (95 % CI of the AUC)")
     if without:
-        ax.text(0.99, 0.02, f"no curve sent: {', '.join(without)}", transform=ax.transAxes,
-                ha="right", fontsize="small", color="#b71c1c")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+        ax.text(0.01, 0.98, f"no curve sent: {', '.join('site ' + n for n in without)}",
+                transform=ax.transAxes, va="top", fontsize="small", color="#b71c1c")
+    ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
     return fig
 
 
@@ -770,6 +773,7 @@ table.numbers td:not(:first-child):not(:nth-child(2)) { text-align: right; font-
 tr.total td { background: #fafafa; font-weight: 600; }
 figure { margin: 0.8em 0; flex: 0 1 calc(50% - 0.75em); min-width: 420px; }
 figure img { width: 100%; border: 1px solid #eee; }
+figure.wide { flex-basis: 100%; }
 figcaption { color: #616161; font-size: 0.9em; }
 .note { color: #616161; font-size: 0.9em; } .warn { color: #b71c1c; } .off { color: #b71c1c; font-weight: 600; }
 p.status { padding: 0.5em 0.8em; background: #e8f5e9; border-left: 4px solid #43a047; }
@@ -786,7 +790,8 @@ p.when { color: #424242; margin-top: 0; }
 
 def _page(run: _Run, plots: list[tuple[str, Path]]) -> str:
     name = html.escape(run.run_dir.resolve().name)
-    figures = "".join(f"<figure>{_img(path)}<figcaption>{html.escape(title)} "
+    figures = "".join(f"<figure{_WIDE if path.name in _WIDE_PLOTS else ''}>"
+                      f"{_img(path)}<figcaption>{html.escape(title)} "
                       f"({html.escape(PLOTS_DIR + '/' + path.name)})</figcaption></figure>"
                       for title, path in plots)
     body = [
