@@ -223,7 +223,7 @@ def predict(
     if unlike:
         kinds = sorted({part for p in unlike for part in p.warning.split("; ")})
         typer.secho(f"warning: {len(unlike)} file(s) unlike the model's training data (see the "
-                    f"warning column): {kinds[0]}" + (f", and {len(kinds) - 1} other kind(s)" if len(kinds) > 1 else ""),
+                    f"warning column): {'; '.join(kinds[:3])}" + (f"; and {len(kinds) - 3} more" if len(kinds) > 3 else ""),
                     fg=typer.colors.YELLOW, err=True)
     if not loaded.trained_on.get("modalities"):
         typer.echo("note: the model does not say which modality it was trained on (train with "

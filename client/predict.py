@@ -193,9 +193,9 @@ def unlike_training(ds, recorded: dict) -> str:
     declared = [str(m) for m in recorded.get("modalities") or []]
     shown = "no" if not modality else (modality if modality.isalnum() and len(modality) <= 16 else "another")
     if declared and modality not in declared:
-        notes.append(f"{shown} modality; the model was trained on {', '.join(declared)}")
+        notes.append(f"{shown} modality (the model was trained on {', '.join(declared)})")
     if declared and set(declared) <= GREYSCALE_MODALITIES and image_kind(ds) != "grey":
-        notes.append(f"colour image; the model was trained on greyscale {', '.join(declared)}")
+        notes.append(f"colour image (the model was trained on greyscale {', '.join(declared)})")
     size = int(recorded.get("input_size") or 0)
     if size and rows and cols and min(rows, cols) < size:
         notes.append(f"image of {rows}x{cols} pixels upscaled to the model's {size}x{size} input")

@@ -144,17 +144,17 @@ def test_files_unlike_the_training_data_are_scored_with_a_warning(trained, tmp_p
     colour = Path(get_testdata_file("SC_rgb_small_odd.dcm", download=False) or pytest.skip("no test file"))
     by_name = {Path(p.path).name: p for p in predict_files(ct_model, [ct_file, mr_file, small, colour])}
     assert by_name[ct_file.name].warning == ""
-    assert by_name["mr.dcm"].warning == "MR modality; the model was trained on CT"
+    assert by_name["mr.dcm"].warning == "MR modality (the model was trained on CT)"
     assert by_name["mr.dcm"].probabilities  # still scored
     assert by_name["small.dcm"].warning == "image of 16x16 pixels upscaled to the model's 32x32 input"
-    assert "OT modality; the model was trained on CT" in by_name[colour.name].warning
-    assert "colour image; the model was trained on greyscale CT" in by_name[colour.name].warning
+    assert "OT modality (the model was trained on CT)" in by_name[colour.name].warning
+    assert "colour image (the model was trained on greyscale CT)" in by_name[colour.name].warning
 
     out = tmp_path / "p.csv"
     result = CliRunner().invoke(app, ["predict", "--model", str(ct_model), str(mr_file), "--out", str(out)])
     assert result.exit_code == 0
     assert "1 file(s) unlike the model's training data" in result.output
-    assert list(csv.DictReader(out.open()))[0]["warning"] == "MR modality; the model was trained on CT"
+    assert list(csv.DictReader(out.open()))[0]["warning"] == "MR modality (the model was trained on CT)"
     # A model that declares no modality says so instead of staying silent.
     result = CliRunner().invoke(app, ["predict", "--model", str(trained["path"]), str(mr_file), "--out", str(out)])
     assert "does not say which modality it was trained on" in result.output
