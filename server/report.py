@@ -683,8 +683,13 @@ def _final_section(run: _Run) -> str:
              "(a failed round, an AUC undefined on a one-class validation split, or sensitivity "
              "and specificity withheld because a validation class had fewer than 10 images). "
              "The ε of “all sites” is the largest any site reported.</p>")
-    return (f"<h2>Final results (round {_count(last.get('round'))})</h2>"
-            + _table(headers, rows, "numbers") + "".join(notes) + worst)
+    status = run.status or {}
+    planned = _num(status.get("rounds_planned", (run.config.get("federation") or {}).get("rounds")))
+    heading = f"Final results (round {_count(last.get('round'))})"
+    if status.get("status") != "completed" and planned is not None and (_num(last.get("round")) or 0) < planned:
+        heading = (f"Results of the last completed round ({_count(last.get('round'))} of "
+                   f"{_count(planned)}: the run stopped early)")
+    return (f"<h2>{heading}</h2>" + _table(headers, rows, "numbers") + "".join(notes) + worst)
 
 
 def _rounds_section(run: _Run) -> str:
@@ -738,11 +743,12 @@ def _privacy_section(run: _Run) -> str:
              "reported (cumulative over its rounds), δ the failure probability it was "
              "computed at, the noise multiplier σ the Gaussian noise per clipped gradient.</p>")
     trained_any = any(_category(run.site(r, name)) == "trained" for r in run.records for name in run.sites)
-    if not trained_any:
-        # Nothing left any site: there is nothing to say about noise on updates.
-        intro += ("<p>No site trained in this run, so no model update left any site"
-                  + (" (the run stopped before its first round completed)." if not run.records else ".")
-                  + "</p>")
+    if not run.records:
+        # No round finished: the folder records no update, so nothing can be said about noise.
+        intro += ("<p>No round completed: this run recorded no model update from any site, "
+                  "with or without DP noise.</p>")
+    elif not trained_any:
+        intro += "<p>No site trained in this run: no model update left any site.</p>"
     elif run.sites and not any_dp:
         intro += ('<p class="warn">No site reported differential privacy: model updates left '
                   "the sites without DP noise.</p>")

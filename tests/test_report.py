@@ -113,6 +113,7 @@ def test_report_of_a_failed_run_without_dp_and_with_nan(tmp_path: Path):
     for name in ("accuracy", "auc", "loss", "participation"):
         _png_size(run / "plots" / f"{name}.png")
     assert "too few sites replied" in text and "failed" in text
+    assert "Results of the last completed round (2 of 3: the run stopped early)" in text
     assert "1 unreadable line(s)" in text
     assert "No site reported differential privacy" in text
 
@@ -263,7 +264,7 @@ def test_report_of_a_run_stopped_before_round_one(tmp_path: Path):
                                                "rounds_completed": 0, "rounds_planned": 3})
     text = write_report(run).read_text(encoding="utf-8")
     assert "without DP noise" not in text
-    assert "No site trained in this run, so no model update left any site" in text
+    assert "No round completed: this run recorded no model update from any site" in text
     assert "(from the run folder's file times)" in text  # an older run folder: no recorded times
 
 
