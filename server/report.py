@@ -745,8 +745,7 @@ def _privacy_section(run: _Run) -> str:
     trained_any = any(_category(run.site(r, name)) == "trained" for r in run.records for name in run.sites)
     if not run.records:
         # No round finished: the folder records no update, so nothing can be said about noise.
-        intro += ("<p>No round completed: this run recorded no model update from any site, "
-                  "with or without DP noise.</p>")
+        intro += "<p>No round completed: this run recorded no model update from any site.</p>"
     elif not trained_any:
         intro += "<p>No site trained in this run: no model update left any site.</p>"
     elif run.sites and not any_dp:
