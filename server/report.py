@@ -316,7 +316,7 @@ def _roc_figure(run: _Run) -> Figure:
         ax.plot(curve[0], curve[1], color=style["color"], linestyle=style["linestyle"],
                 linewidth=1.8, label=label, drawstyle="default")
     positive = run.classes[1] if len(run.classes) > 1 else "class 1"
-    ax.set_xlabel(f"1 − specificity (false positive rate)")
+    ax.set_xlabel("1 − specificity (false positive rate)")
     ax.set_ylabel(f"sensitivity for {positive}")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
