@@ -136,7 +136,8 @@ def _print_check(d: dict, console: Console) -> None:
     for column in ("attribute", "value", "images"):
         headers.add_column(column, justify="right" if column == "images" else "left")
     for attribute, key in (("modality", "modalities"), ("photometric", "photometric_interpretations"),
-                           ("transfer syntax", "transfer_syntaxes"), ("rows x columns", "image_sizes")):
+                           ("transfer syntax", "transfer_syntaxes"), ("rows x columns", "image_sizes"),
+                           ("frames per file", "frames_per_file")):
         for i, (value, n) in enumerate(d[key].items()):
             headers.add_row(attribute if i == 0 else "", escape(str(value)), str(n))
     if files["decodable"]:

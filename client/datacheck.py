@@ -32,7 +32,14 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from fedmed.client.imaging import UnusableImage, preprocess, quiet_pydicom, read_dicom, syntax_name
+from fedmed.client.imaging import (
+    UnusableImage,
+    frame_count,
+    preprocess,
+    quiet_pydicom,
+    read_dicom,
+    syntax_name,
+)
 from fedmed.client.sitedata import SiteFile, SkipReport, scan_site
 from fedmed.client.sitedata.labels import LABELS_FILE, read_labels_csv, resolve_label
 from fedmed.client.sitedata.scan import UNREADABLE_FOLDER, list_files, patient_key
@@ -115,6 +122,7 @@ class DataCheckReport:
     photometric: dict[str, int] = field(default_factory=dict)
     transfer_syntaxes: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # "ROWSxCOLS" -> images
+    frames: dict[str, int] = field(default_factory=dict)  # "1" / "2-9" / "10-99" / "100+" -> files
     pixel_spacing_mm: dict[str, float | int | None] = field(default_factory=dict)
     label_problems: dict[str, int] = field(default_factory=dict)
     label_values: dict[str, int] = field(default_factory=dict)  # label text -> rows / images
@@ -151,6 +159,7 @@ class DataCheckReport:
             "photometric_interpretations": _sorted_counts(self.photometric),
             "transfer_syntaxes": _sorted_counts(self.transfer_syntaxes),
             "image_sizes": _sorted_counts(self.sizes),
+            "frames_per_file": dict(self.frames),
             "pixel_spacing_mm": dict(self.pixel_spacing_mm),
             "label_problems": dict(self.label_problems),
             "label_values": dict(self.label_values),
@@ -467,6 +476,9 @@ def _count_header(report: DataCheckReport, ds: Dataset) -> list[float]:
     _add(report.transfer_syntaxes, syntax_name(ds))
     # The pipeline accepted the image, so Rows and Columns are valid integers.
     _add(report.sizes, f"{int(ds.Rows)}x{int(ds.Columns)}")
+    frames = frame_count(ds)
+    # Ranges, not exact counts: a series' frame count can be as rare as a patient.
+    _add(report.frames, "1" if frames == 1 else "2-9" if frames < 10 else "10-99" if frames < 100 else "100+")
     return _spacing(ds)
 
 

@@ -190,6 +190,7 @@ def test_unlabelled_export_is_inventoried_with_one_problem(tmp_path: Path):
     assert d["modalities"] == {"CT": 5}
     assert d["transfer_syntaxes"] == {"Explicit VR Little Endian": 4, "RLE Lossless": 1}
     assert d["image_sizes"] == {"24x20": 5}
+    assert d["frames_per_file"] == {"1": 5}
     assert len(d["problems"]) == 1 and "no labels yet" in d["problems"][0]
     assert ("decoding images", 6, 6) in seen
     result = CliRunner().invoke(app, ["data", "check", str(root)])
