@@ -28,6 +28,8 @@ join-timeout = 120               # seconds round 1 waits for every enrolled site
 
 model = "cnn"                    # cnn | resnet18
 image-size = 64                  # model input side in pixels
+frames = "middle"                # multi-frame files: middle | all (one image per frame) | mip
+# modality = "CT"                # train on these Modality codes only; recorded in the model
 classes = "normal,abnormal"      # class names, in label order
 epochs = 1                       # local epochs per round
 batch-size = 32

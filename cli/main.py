@@ -44,6 +44,8 @@ Model = Annotated[str, typer.Option("--model", help="cnn or resnet18.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Model input side in pixels.")]
 Window = Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")]
 Classes = Annotated[str, typer.Option("--classes", help="Class names, in label order.")]
+Modality = Annotated[str, typer.Option("--modality", help="DICOM Modality codes the federation trains on, e.g. CT or CT,MR; sites leave out other modalities and the model records them, so predict can warn. Empty: any.")]
+Frames = Annotated[str, typer.Option("--frames", help="Multi-frame files: middle (one image, the middle frame), all (every frame an image) or mip (max-intensity projection).")]
 MinSites = Annotated[int, typer.Option("--min-sites", help="Sites a round needs.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, initial weights and training.")]
 TensorBoard = Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log each round's metrics as TensorBoard scalars in this folder.")]
@@ -81,11 +83,13 @@ def _tensorboard(folder: Optional[Path]):
 
 
 def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
-                min_sites, seed, round_timeout) -> FederationConfig:
+                min_sites, seed, round_timeout, frames="middle", modality="") -> FederationConfig:
     try:
+        modalities = tuple(m.strip().upper() for m in modality.split(",") if m.strip())
         return FederationConfig(
             rounds=rounds, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-            model=model, image=ImageSettings(size=image_size, window=_window(window)),
+            model=model, image=ImageSettings(size=image_size, window=_window(window), frames=frames,
+                                             modalities=modalities),
             classes=parse_classes(classes), min_sites=min_sites, seed=seed, round_timeout=round_timeout,
         )
     except ValueError as exc:
@@ -148,7 +152,7 @@ def simulate(
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
     optimizer: Optimizer = "adam", model: Model = "cnn", image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz).")] = None,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: Annotated[Optional[int], typer.Option("--min-sites", help="Sites a round needs (default: all).")] = None,
-    seed: Seed = 0, round_timeout: RoundTimeout = 1800.0,
+    seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     epsilon: Annotated[float, typer.Option("--epsilon", help="Each simulated site's privacy budget over all runs on its data.")] = 8.0,
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
@@ -165,7 +169,7 @@ def simulate(
     from fedmed.client.privacy.policy import PrivacyPolicy
     from fedmed.server import progress
     from fedmed.simulations.runner import simulate as run_simulation
-    from fedmed.simulations.sites import dicom_sites, npz_sites
+    from fedmed.simulations.sites import check_dicom_sites, dicom_sites, npz_sites
 
     if (data is None) == (npz is None):
         _fail("give exactly one of --data DIR or --npz FILE")
@@ -183,7 +187,12 @@ def simulate(
     except ValueError as exc:
         _fail(str(exc))
     config = _federation(rounds, epochs, batch_size, lr, optimizer, model, size, window, classes,
-                         min_sites or len(site_list), seed, round_timeout)
+                         min_sites or len(site_list), seed, round_timeout, frames, modality)
+    if data is not None:
+        try:
+            check_dicom_sites(data, config.classes)
+        except ValueError as exc:
+            _fail(str(exc))
     typer.echo(f"simulating {len(site_list)} site(s): {', '.join(s.name for s in site_list)}; "
                f"{config.rounds} round(s) of {config.model}; "
                + ("differential privacy OFF (--no-dp)" if no_dp else f"DP-SGD, budget epsilon={epsilon:g} per site")
@@ -222,7 +231,7 @@ def server_start(
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
     optimizer: Optimizer = "adam", model: Model = "cnn", image_size: ImageSize = 64,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
-    seed: Seed = 0, round_timeout: RoundTimeout = 1800.0,
+    seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     config_file: ConfigFile = None,
 ) -> None:
     """Start the coordinator: enroll the sites, run the federation's rounds, write the run folder.
@@ -237,7 +246,7 @@ def server_start(
     if (out is None) == (resume is None):
         _fail("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one")
     config = None if resume else _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size,
-                                             window, classes, min_sites, seed, round_timeout)
+                                             window, classes, min_sites, seed, round_timeout, frames, modality)
     try:
         options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
                                 certs=certs, sites_dir=sites_dir, resume=resume is not None,

@@ -122,18 +122,26 @@ def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path)
 
 
 def preflight(options: ClientOptions, classes: tuple[str, ...]) -> str:
-    """Scan the site's folder before joining, so the admin sees data problems here, at the
-    site, with file names — the coordinator only ever gets counts. Returns a summary line."""
-    from fedmed.client.sitedata import scan_site
+    """Run `fedmed data check`'s header-only checks before joining, so the admin sees data
+    problems here, at the site, with file names — the coordinator only ever gets counts.
+    Returns a summary line; raises ClientSetupError (exit before joining) on a problem."""
+    from fedmed.client.datacheck import preflight as check
 
-    files, skipped = scan_site(Path(options.data_dir), classes)
-    if not files:
-        raise ClientSetupError(f"--data {options.data_dir}: no usable labelled DICOM image "
-                               f"({skipped.total} file(s) skipped); run `fedmed data check` on it")
+    try:
+        found = check(Path(options.data_dir), classes, exclude=[options.state_dir] if options.state_dir else ())
+    except ValueError as exc:
+        raise ClientSetupError(f"--data {exc}") from None
+    files, skipped = found.files, found.skips
+    if found.problems or not files:
+        problems = found.problems or [f"{options.data_dir}: no usable labelled DICOM image "
+                                      f"({skipped.total} file(s) skipped)"]
+        raise ClientSetupError("; ".join(problems) + f"; run `fedmed data check {options.data_dir}`")
     line = f"site {options.site}: {len(files)} labelled image(s) ready"
     if skipped.total:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.counts.items()))
         line += f"; {skipped.total} skipped ({reasons})"
+    for warning in found.warnings:
+        line += f"\nsite {options.site}: warning: {warning}"
     return line
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fedmed.common.federation import FederationConfig
+from fedmed.common.settings import trained_on
 
 FORMAT = "fedmed-model/1"
 EXTENSION = ".pt"
@@ -27,6 +28,8 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: Fed
         "model": config.model,
         "classes": list(config.classes),
         "image": config.image.to_dict(),
+        # Optional (older models lack it): what predict compares a file with.
+        "trained_on": trained_on(config.image),
         "federation": config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         **(extra or {}),

@@ -21,6 +21,8 @@ import json
 import math
 import os
 import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,6 +46,17 @@ def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     return value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    try:
+        return version("fedmed")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -109,7 +122,9 @@ class RunRecorder:
         self.checkpoint_extra = checkpoint_extra
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "checkpoints").mkdir(exist_ok=True)
-        write_json(self.out_dir / CONFIG_FILE, {"federation": config.to_dict(), **(meta or {})})
+        # When and with which fedmed the run was started, for the report.
+        write_json(self.out_dir / CONFIG_FILE, {"federation": config.to_dict(), "started_at": _now(),
+                                                "fedmed_version": _version(), **(meta or {})})
         (self.out_dir / STATUS_FILE).unlink(missing_ok=True)
         if resume_after:
             kept = [r for r in read_metrics(self.out_dir) if r["round"] <= resume_after]
@@ -182,5 +197,5 @@ class RunRecorder:
                             self.config, self.rounds_done)
         write_json(self.out_dir / STATUS_FILE, {
             "status": status, "reason": reason, "rounds_completed": self.rounds_done,
-            "rounds_planned": self.config.rounds,
+            "rounds_planned": self.config.rounds, "finished_at": _now(),
         })

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.common.federation import FederationConfig
+from fedmed.common.settings import ImageSettings
 from fedmed.server import progress
 from fedmed.server.outputs import read_metrics
 from fedmed.simulations.runner import simulate
@@ -43,7 +44,9 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
          f"({images_per_site} images each) to {data_dir}")
     for name, info in write_sites(data_dir, DEMO_SITES, images_per_site=images_per_site, seed=seed).items():
         emit(f"  {name}: {info}")
-    config = FederationConfig(rounds=rounds, epochs=epochs, min_sites=len(DEMO_SITES), seed=seed)
+    # The synthetic sites are CT; declaring it makes the model say so, and predict warn on MR.
+    config = FederationConfig(rounds=rounds, epochs=epochs, min_sites=len(DEMO_SITES), seed=seed,
+                              image=ImageSettings(modalities=("CT",)))
     emit(f"federating {len(DEMO_SITES)} sites for {rounds} rounds of {epochs} local epochs "
          f"({config.model}, {config.image.size}x{config.image.size}); Flower's simulation engine starts first")
     # DP-SGD needs thousands of images per site to learn (docs/privacy.md); with the demo's
