@@ -72,6 +72,8 @@ class ServerOptions:
     # Also log each round as TensorBoard scalars here (`tensorboard_log.py`).
     tensorboard: Path | None = None
     startup_timeout: float = 60.0
+    # The public port's push-object body limit in bytes; None sizes it from the model.
+    max_request_bytes: int | None = None
     # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
     # so tests can offer sites a modified app and watch them refuse it.
     app_dir: Path | None = None
@@ -250,7 +252,8 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             logs.append(open(out_dir / "proxy.log", "ab"))
             proxy_cmd = [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{port}",
                          "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
-                         "--run-dir", str(out_dir)]
+                         "--run-dir", str(out_dir), "--max-body",
+                         str(options.max_request_bytes or _request_limit(config))]
             processes.append(("public-port proxy", start(proxy_cmd, logs[1], env), out_dir / "proxy.log"))
             if not wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
                                  options.startup_timeout, processes[1][1]):
@@ -306,6 +309,15 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
         return 0
     emit(f"run failed: {status.get('reason', 'unknown reason')}")
     return 1
+
+
+def _request_limit(config: FederationConfig) -> int:
+    """The proxy's push-object limit for this run's model (its largest tensor, chunked)."""
+    from fedmed.common.models import build_model
+    from fedmed.server.proxy import request_limit
+
+    model = build_model(config.model, len(config.classes), config.image.size)
+    return request_limit(max(t.numel() * t.element_size() for t in model.state_dict().values()))
 
 
 def _is_main_thread() -> bool:
