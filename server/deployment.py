@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -211,7 +212,21 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             return 0
     elif config is None:
         raise DeploymentError("no federation configuration given")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # The run folder holds every site's updates, checkpoints and the SuperLink's
+    # database: this account only (files 0600 through the umask, which the SuperLink,
+    # the proxy and the ServerApp inherit).
+    previous_umask = os.umask(0o077)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(out_dir, 0o700)
+        return _run(options, out_dir, config, resume_from, previous_run, material, keys, host, port, board, emit)
+    finally:
+        os.umask(previous_umask)
+
+
+def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume_from: int,
+         previous_run: str | None, material, keys, host: str, port: int, board,
+         emit: Callable[[str], None]) -> int:
     if not options.resume:
         # A fresh run in a used folder starts from a clean SuperLink and clean outputs.
         for stale in (METRICS_FILE, STATUS_FILE, SITES_FILE, "superlink.db"):

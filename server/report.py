@@ -120,7 +120,9 @@ def _read_run(run_dir: Path) -> _Run:
                 records.append(record)
             else:
                 bad += 1
-    names = {str(s) for s in config.get("sites") or []}
+    # A simulation lists its sites' names; a deployment maps node IDs to enrolled names.
+    listed = config.get("sites") or []
+    names = {str(s) for s in (listed.values() if isinstance(listed, dict) else listed)}
     for record in records:
         names.update(str(s) for s in (record.get("sites") or {}))
     return _Run(run_dir, config, status, records, bad, sorted(names))
@@ -308,7 +310,8 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
 def _config_section(run: _Run) -> str:
     pairs: list[tuple[str, str]] = []
     _flatten("", run.config.get("federation", {}), pairs)
-    _flatten("", {k: v for k, v in run.config.items() if k != "federation"}, pairs)
+    # Sites by name: a deployment's config.json keys them by node ID.
+    _flatten("", {k: (run.sites if k == "sites" else v) for k, v in run.config.items() if k != "federation"}, pairs)
     rows = [[html.escape(k), html.escape(v)] for k, v in pairs]
     table = _table(["setting", "value"], rows, "config") if rows else f"<p>No {CONFIG_FILE}.</p>"
     return "<h2>Configuration</h2>" + table

@@ -160,3 +160,15 @@ def test_tensorboard_export_holds_the_rounds_as_scalars(tmp_path: Path):
     (tmp_path / "a-file").write_text("")
     unwritable = CliRunner().invoke(app, ["report", str(run), "--tensorboard", str(tmp_path / "a-file" / "tb")])
     assert unwritable.exit_code == 2 and "--tensorboard" in unwritable.output and "cannot write there" in unwritable.output
+
+
+def test_a_deployed_runs_report_names_its_enrolled_sites_not_their_node_ids(tmp_path: Path):
+    run = _write_run(tmp_path / "deployed", _records())
+    config = json.loads((run / "config.json").read_text())
+    node_ids = {"17655940197608285579": "A", "2886689943375252740": "B", "9100000000000000042": "C"}
+    (run / "config.json").write_text(json.dumps({**config, "mode": "deployment", "sites": node_ids}))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert not any(node_id in text for node_id in node_ids)
+    from fedmed.server.report import _read_run
+
+    assert _read_run(run).sites == ["A", "B", "C"]

@@ -123,6 +123,7 @@ class SiteAwareFedAvg(FedAvg):
         self.join_timeout = join_timeout
         self._joined = False
         self._present: set[int] = set()
+        self._unnamed: dict[int, int] = {}  # node ID -> round it joined, until a reply names it
         self._global: ArrayRecord | None = None
         self._sampled: set[int] = set()
         self._sent: list[Message] = []
@@ -168,9 +169,14 @@ class SiteAwareFedAvg(FedAvg):
         """Record sites joining and leaving between rounds (as the SuperLink sees them)."""
         now = set(grid.get_node_ids())
         for node_id in sorted(now - self._present):
-            self._event("site-joined", site=self._name(node_id), node_id=node_id, round=server_round)
+            if node_id in self.node_names:
+                self._event("site-joined", site=self._name(node_id), node_id=node_id, round=server_round)
+            else:  # not enrolled by name (--insecure): announced once its first reply names it
+                self._unnamed[node_id] = server_round
         for node_id in sorted(self._present - now):
-            self._event("site-left", site=self._name(node_id), node_id=node_id, round=server_round)
+            self._unnamed.pop(node_id, None)
+            self._event("site-left", site=self.node_names.get(node_id, "(unnamed)"), node_id=node_id,
+                        round=server_round)
         self._present = now
 
     def _wait_for_enrolled(self, grid: Grid, server_round: int) -> None:
@@ -220,6 +226,9 @@ class SiteAwareFedAvg(FedAvg):
                 reply.site = enrolled
             elif not msg.has_error() and not reply.site.startswith("node-"):
                 self.node_names.setdefault(node_id, reply.site)
+                if node_id in self._unnamed:
+                    self._event("site-joined", site=self.node_names[node_id], node_id=node_id,
+                                round=self._unnamed.pop(node_id))
             read.append((msg, reply))
         read.sort(key=lambda pair: pair[1].site)
         return read
