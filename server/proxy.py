@@ -165,6 +165,8 @@ class FleetProxy:
         if now - self._audited.get((event, *key), -1e9) < AUDIT_REPEAT_SECONDS:
             return
         self._audited[(event, *key)] = now
+        if len(self._audited) > 10_000:  # keys vary with what strangers send: forget old ones
+            self._audited = {k: t for k, t in self._audited.items() if now - t < AUDIT_REPEAT_SECONDS}
         try:
             self.audit.record(event, **fields)
         except OSError as exc:
