@@ -81,3 +81,20 @@ def _config():
     from fedmed.common.federation import FederationConfig
 
     return FederationConfig(rounds=1, min_sites=2)
+
+
+def test_a_site_without_an_enrolled_name_is_announced_by_the_name_it_replies_with(tmp_path):
+    """--insecure: no enrolment, so a joining node is named once its first reply says who it is."""
+    class Grid:
+        def get_node_ids(self):
+            return [2886689943375252740]
+
+    audit = AuditLog(tmp_path)
+    strategy = SiteAwareFedAvg(min_sites=1, on_event=audit.record)
+    strategy._global = GLOBAL
+    strategy._track_nodes(Grid(), 1)
+    assert not list(read_audit(tmp_path))
+    strategy._sampled = {2886689943375252740}
+    strategy.aggregate_train(1, [_reply(2886689943375252740, "A", _state(), n=20)])
+    joined = [e for e in read_audit(tmp_path) if e["event"] == "site-joined"]
+    assert [(e["site"], e["round"]) for e in joined] == [("A", 1)]
