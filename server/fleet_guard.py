@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -90,12 +91,20 @@ class Refused(Exception):
         self.reason = reason
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(public_key_pem: bytes):
+    """A SuperNode's key, parsed once: the same few keys sign every request."""
+    from flwr.supercore.primitives.asymmetric import bytes_to_public_key
+
+    return bytes_to_public_key(public_key_pem)
+
+
 def key_sha256(public_key_pem: bytes) -> str:
     """The enrolled-key fingerprint (`fedmed.common.certs.key_fingerprint`) of the PEM
     public key a SuperNode sends in its `flwr-public-key` header."""
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_public_key(public_key_pem)
+    key = _public_key(public_key_pem)
     blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return hashlib.sha256(blob.split()[1]).hexdigest()
 
@@ -104,7 +113,7 @@ def check_signature(headers: dict[str, str], now: datetime.datetime | None = Non
     """Check Flower's SuperNode signature headers (a signed timestamp); return the PEM
     public key. Raises `Refused` as the SuperLink would answer 401, but before the body
     is read: an unauthenticated request costs the proxy its headers only."""
-    from flwr.supercore.primitives.asymmetric import bytes_to_public_key, verify_signature
+    from flwr.supercore.primitives.asymmetric import verify_signature
 
     if any(not headers.get(name) for name in SIGNATURE_HEADERS):
         raise Refused("unauthenticated:missing-signature")
@@ -115,7 +124,7 @@ def check_signature(headers: dict[str, str], now: datetime.datetime | None = Non
         signed_at = datetime.datetime.fromisoformat(timestamp)
         now = now or datetime.datetime.now(datetime.timezone.utc)
         age = (now - signed_at).total_seconds()
-        key = bytes_to_public_key(public_key)
+        key = _public_key(public_key)
     except (ValueError, TypeError, UnicodeError, binascii.Error):
         raise Refused("unauthenticated:malformed-signature") from None
     if not -SYSTEM_TIME_TOLERANCE < age < TIMESTAMP_TOLERANCE + SYSTEM_TIME_TOLERANCE:
