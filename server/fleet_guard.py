@@ -99,6 +99,7 @@ def _public_key(public_key_pem: bytes):
     return bytes_to_public_key(public_key_pem)
 
 
+@functools.lru_cache(maxsize=1024)
 def key_sha256(public_key_pem: bytes) -> str:
     """The enrolled-key fingerprint (`fedmed.common.certs.key_fingerprint`) of the PEM
     public key a SuperNode sends in its `flwr-public-key` header."""
