@@ -226,6 +226,8 @@ def server_start(
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no site keys; binds to loopback only.")] = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run folder after its last completed round (its config is used).")] = None,
     max_update_ratio: Annotated[float, typer.Option("--max-update-ratio", help="Reject a site's update that moves the model by more than this times its norm.")] = 50.0,
+    max_example_ratio: Annotated[float, typer.Option("--max-example-ratio", help="Reject a reply claiming more than this times the median example count of the other sites.")] = 100.0,
+    max_request_bytes: Annotated[Optional[int], typer.Option("--max-request-bytes", help="Largest object upload the public port accepts, in bytes (default: sized from the model).")] = None,
     tensorboard: TensorBoard = None,
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds the first round waits for every enrolled site before it starts with those present (at least --min-sites).")] = 120.0,
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
@@ -250,8 +252,10 @@ def server_start(
     try:
         options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
                                 certs=certs, sites_dir=sites_dir, resume=resume is not None,
-                                update_limits=UpdateLimits(max_update_ratio=max_update_ratio),
-                                join_timeout=join_timeout, tensorboard=tensorboard)
+                                update_limits=UpdateLimits(max_update_ratio=max_update_ratio,
+                                                           max_example_ratio=max_example_ratio),
+                                join_timeout=join_timeout, tensorboard=tensorboard,
+                                max_request_bytes=max_request_bytes)
         code = start_server(options)
     except (DeploymentError, ValueError) as exc:
         _fail(str(exc))

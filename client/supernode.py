@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import default_state_dir
+from fedmed.client.runtime_secret import runtime_secret_path, write_runtime_secret
 from fedmed.common.certs import CertError, site_material
 from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop
 from fedmed.common.settings import DEFAULT_CLASSES
@@ -83,7 +84,7 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
     ])
     cmd = [executable("flower-supernode"), "--superlink", options.server,
            "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port),
-           "--isolation", "process"]
+           "--isolation", "process", "--superexec-auth-secret-file", str(runtime_secret_path(state_dir))]
     if options.insecure:
         cmd.append("--insecure")
     else:
@@ -115,7 +116,8 @@ def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path)
         raise ClientSetupError(str(exc)) from None
     cmd = [sys.executable, "-m", "fedmed.client.app_executor",
            "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--site", options.site,
-           "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid())]
+           "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid()),
+           "--auth-secret-file", str(runtime_secret_path(state_dir))]
     for value in approved:
         cmd += ["--approve", value]
     return cmd
@@ -170,8 +172,12 @@ def run_client(options: ClientOptions) -> int:
     else:
         print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run", flush=True)
     state_dir = Path(options.state_dir or default_state_dir(options.site))
+    # Everything the site and its SuperNode and executor write (ledger, cache, logs,
+    # the Runtime API secret) is for this account only.
+    os.umask(0o077)
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
+    write_runtime_secret(state_dir)
     marker = state_dir / RUNNING_MARKER
     rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
     marker.write_text(str(os.getpid()))

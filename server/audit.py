@@ -19,8 +19,12 @@ Events (field `event`):
   site-left          site, node_id
   site-refused       peer, reason, ...     at the public port (TLS, enrolment, path)
   control-refused    peer, method, path    a Control/Runtime API call from outside
+  fleet-refused      site, node_id, call, reason, peer   a Fleet request of an enrolled
+                                           site the proxy refused (`server/fleet_guard.py`)
   round-completed    round, contributors, left_out
-  update-rejected    round, site, reason
+  round-failed       round, contributors, left_out (or reason)
+  update-rejected    round, site, reason   a bad update or example count
+  reply-rejected     round, site, stage, reason   an evaluation reply's example count
   site-declined      round, site, reason   e.g. the site refused the run's app
 """
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,8 @@ class ServerOptions:
     # Also log each round as TensorBoard scalars here (`tensorboard_log.py`).
     tensorboard: Path | None = None
     startup_timeout: float = 60.0
+    # The public port's push-object body limit in bytes; None sizes it from the model.
+    max_request_bytes: int | None = None
     # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
     # so tests can offer sites a modified app and watch them refuse it.
     app_dir: Path | None = None
@@ -209,7 +212,21 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             return 0
     elif config is None:
         raise DeploymentError("no federation configuration given")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # The run folder holds every site's updates, checkpoints and the SuperLink's
+    # database: this account only (files 0600 through the umask, which the SuperLink,
+    # the proxy and the ServerApp inherit).
+    previous_umask = os.umask(0o077)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(out_dir, 0o700)
+        return _run(options, out_dir, config, resume_from, previous_run, material, keys, host, port, board, emit)
+    finally:
+        os.umask(previous_umask)
+
+
+def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume_from: int,
+         previous_run: str | None, material, keys, host: str, port: int, board,
+         emit: Callable[[str], None]) -> int:
     if not options.resume:
         # A fresh run in a used folder starts from a clean SuperLink and clean outputs.
         for stale in (METRICS_FILE, STATUS_FILE, SITES_FILE, "superlink.db"):
@@ -250,7 +267,8 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             logs.append(open(out_dir / "proxy.log", "ab"))
             proxy_cmd = [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{port}",
                          "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
-                         "--run-dir", str(out_dir)]
+                         "--run-dir", str(out_dir), "--max-body",
+                         str(options.max_request_bytes or _request_limit(config))]
             processes.append(("public-port proxy", start(proxy_cmd, logs[1], env), out_dir / "proxy.log"))
             if not wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
                                  options.startup_timeout, processes[1][1]):
@@ -306,6 +324,15 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
         return 0
     emit(f"run failed: {status.get('reason', 'unknown reason')}")
     return 1
+
+
+def _request_limit(config: FederationConfig) -> int:
+    """The proxy's push-object limit for this run's model (its largest tensor, chunked)."""
+    from fedmed.common.models import build_model
+    from fedmed.server.proxy import request_limit
+
+    model = build_model(config.model, len(config.classes), config.image.size)
+    return request_limit(max(t.numel() * t.element_size() for t in model.state_dict().values()))
 
 
 def _is_main_thread() -> bool:

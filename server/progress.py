@@ -55,6 +55,8 @@ NOTICES = {
     "site-left": "  - site {site} left (round {round})",
     "site-name-mismatch": "  ! site {site} replied under the name {claimed!r}; recorded as {site}",
     "site-refused": "  ! a connection was refused at the public port ({reason})",
+    "fleet-refused": "  ! site {site}: {call} refused at the public port ({reason})",
+    "reply-rejected": "  ! round {round}: {stage} reply from site {site} rejected ({reason}); left out of this round",
 }
 
 

@@ -38,6 +38,7 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
         stop(server, *clients)
     server_out = (tmp_path / "server.log").read_text()
     assert code == 0, server_out + (run_dir / "superlink.log").read_text()[-3000:]
+    assert "site A joined" in server_out and "node-" not in server_out  # names, not node IDs
 
     assert (run_dir / "checkpoints" / "round-001.pt").exists()
     assert (run_dir / "checkpoints" / "round-002.pt").exists()

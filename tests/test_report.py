@@ -284,3 +284,15 @@ def test_confidence_intervals():
     assert health_flags({"confusion": [[40.3, 0.2], [15.8, -0.1]]}, ("n", "a")) == [
         "predicts one class (n) for every image"]
     assert health_flags({"auc": 0.9, "sensitivity": 0.7, "specificity": 0.8}, ("n", "a")) == []
+
+
+def test_a_deployed_runs_report_names_its_enrolled_sites_not_their_node_ids(tmp_path: Path):
+    run = _write_run(tmp_path / "deployed", _records())
+    config = json.loads((run / "config.json").read_text())
+    node_ids = {"17655940197608285579": "A", "2886689943375252740": "B", "9100000000000000042": "C"}
+    (run / "config.json").write_text(json.dumps({**config, "mode": "deployment", "sites": node_ids}))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert not any(node_id in text for node_id in node_ids)
+    from fedmed.server.report import _read_run
+
+    assert _read_run(run).sites == ["A", "B", "C"]

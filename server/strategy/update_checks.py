@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedmed.server.strategy.reply_checks import DEFAULT_MAX_EXAMPLE_RATIO
+
 DEFAULT_MAX_UPDATE_RATIO = 50.0
 
 
@@ -35,13 +37,18 @@ class UpdateLimits:
     """
 
     max_update_ratio: float = DEFAULT_MAX_UPDATE_RATIO
+    # How many times the median of the other sites' example counts a site may claim
+    # (`reply_checks.py`).
+    max_example_ratio: float = DEFAULT_MAX_EXAMPLE_RATIO
 
     def __post_init__(self) -> None:
         if not (self.max_update_ratio > 0 and np.isfinite(self.max_update_ratio)):
             raise ValueError(f"--max-update-ratio: expected a positive number, got {self.max_update_ratio}")
+        if not (self.max_example_ratio >= 1 and np.isfinite(self.max_example_ratio)):
+            raise ValueError(f"--max-example-ratio: expected a number >= 1, got {self.max_example_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_update_ratio": self.max_update_ratio}
+        return {"max_update_ratio": self.max_update_ratio, "max_example_ratio": self.max_example_ratio}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "UpdateLimits":
@@ -83,4 +90,12 @@ def check_update(update: ArrayRecord, global_arrays: ArrayRecord, limits: Update
     ratio = np.sqrt(delta_sq) / max(np.sqrt(global_sq), 1.0)
     if ratio > limits.max_update_ratio:
         return f"too-large:ratio={ratio:.3g}>{limits.max_update_ratio:g}"
+    return None
+
+
+def non_finite(arrays: ArrayRecord) -> str | None:
+    """The name of the first floating-point tensor with a NaN or infinity, or None."""
+    for key, array in _as_numpy(arrays).items():
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            return key
     return None
