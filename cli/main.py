@@ -303,6 +303,11 @@ data_app.command("check")(data_check)
 app.command()(report)
 app.command()(predict)
 
+# Model tools (evaluate a model locally, make a starting model) live in fedmed.cli.model_tools.
+from fedmed.cli.model_tools import evaluate  # noqa: E402
+
+app.command()(evaluate)
+
 
 def run() -> None:
     app()
