@@ -21,6 +21,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
+# Options of `simulate` and `server start` that start a federation from a saved model.
+InitFrom = Annotated[Optional[Path], typer.Option(
+    "--init-from", help="Start from this model instead of random weights: a fedmed model (an earlier run's "
+    "model-final.pt, a `fedmed pretrain` output) or a torchvision ResNet-18 state-dict file on this machine.")]
+Freeze = Annotated[str, typer.Option(
+    "--freeze", help="With --init-from, which weights the sites leave as they are: none, body (train only the "
+    "head) or all-but-last-block.")]
+
+
+def transfer_start(init_from: Optional[Path], freeze: str, config) -> dict:
+    """config.json's `init_from`/`freeze` for a new run, or exit with one line."""
+    from fedmed.common.starting_model import transfer_meta
+
+    try:
+        return transfer_meta(init_from, freeze, config)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -118,3 +137,54 @@ def evaluate(
         except OSError as exc:
             _fail(f"--json {json_out}: cannot write it ({exc.strerror or type(exc).__name__})")
         typer.echo(f"wrote {json_out}")
+
+
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", help="The model file to write (start a federation from it with --init-from).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="A labelled DICOM folder the coordinator may use (public data).")] = None,
+    npz: Annotated[Optional[Path], typer.Option("--npz", help="A MedMNIST-style .npz: trains on its train split, validates on val.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training images.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "adam",
+    model: Annotated[str, typer.Option("--model", help="cnn or resnet18: the federation's --model.")] = "cnn",
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz); the federation's --image-size.")] = None,
+    window: Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Class names, in label order: the federation's --classes.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initial weights and training.")] = 0,
+    init_from: InitFrom = None,
+) -> None:
+    """Train a starting model centrally on data the coordinator may use (e.g. public images).
+
+    The federation then starts from it: `fedmed simulate|server start --init-from MODEL`. The pretraining data must not overlap the data the federated model is evaluated on.
+
+    Example: fedmed pretrain --npz public-chest.npz --epochs 5 --out public.pt
+    Example: fedmed pretrain --data public-ct --image-size 64 --classes normal,abnormal --out public.pt
+    """
+    from fedmed.cli.main import _federation
+    from fedmed.client.pretrain import pretrain as run_pretrain
+    from fedmed.common.settings import DEFAULT_CLASSES
+
+    if (data is None) == (npz is None):
+        _fail("give exactly one of --data DIR or --npz FILE")
+    size = image_size
+    if size is None and npz is not None:
+        from fedmed.client.sitedata import read_medmnist
+
+        try:
+            size = int(read_medmnist(npz)["train"][0].shape[-1])
+        except ValueError as exc:
+            _fail(str(exc))
+    config = _federation(1, epochs, batch_size, lr, optimizer, model, size or 64, window,
+                         classes or ",".join(DEFAULT_CLASSES), 1, seed, 1800.0)
+    try:
+        with progress_bar("decoding images") as decoding, progress_bar("training") as training:
+            result = run_pretrain(config, out, data_dir=data, npz=npz, init_from=init_from,
+                                  decode_progress=decoding, train_progress=training)
+    except ValueError as exc:
+        _fail(str(exc))
+    threshold = "arg-max" if result.threshold is None else f"{result.threshold:.3f}"
+    typer.echo(f"trained {config.model} on {result.train_images} image(s), {epochs} epoch(s): final training "
+               f"loss {_num(result.train_loss, 4)}; held-out AUC {_num(result.val_auc)} on "
+               f"{result.val_images} image(s); threshold {threshold}")
+    typer.echo(f"wrote {result.path}; start a federation from it with --init-from {result.path}")

@@ -35,6 +35,7 @@ from typing import Callable
 from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
 from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop, wait_for_port
+from fedmed.common.starting_model import describe_transfer, transfer_meta
 from fedmed.server import progress
 from fedmed.server.app import RUN_CONFIG_KEY
 from fedmed.server.audit import AuditLog, current_user, read_audit
@@ -71,6 +72,11 @@ class ServerOptions:
     join_timeout: float = 120.0
     # Also log each round as TensorBoard scalars here (`tensorboard_log.py`).
     tensorboard: Path | None = None
+    # Start round 1 from this model file instead of random weights
+    # (`fedmed.common.starting_model`), and which weights the sites then train
+    # (`fedmed.common.freezing`).
+    init_from: Path | None = None
+    freeze: str = "none"
     startup_timeout: float = 60.0
     # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
     # so tests can offer sites a modified app and watch them refuse it.
@@ -173,7 +179,9 @@ def _check_options(options: ServerOptions, host: str) -> None:
 
 
 def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
-    """The interrupted run's config, its last completed round and its Flower run ID."""
+    """The interrupted run's config, its last completed round and its Flower run ID.
+
+    What the run started from and froze (`init_from`, `freeze`) are read by `_transfer_meta`."""
     config_path = out_dir / CONFIG_FILE
     if not config_path.exists():
         raise DeploymentError(f"--resume {out_dir}: no {CONFIG_FILE}; point it at the run folder of "
@@ -183,6 +191,18 @@ def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
     done = last_completed_round(out_dir)
     started = [e for e in read_audit(out_dir) if e.get("event") == "run-started"]
     return config, done, (str(started[-1].get("run_id")) if started else None)
+
+
+def _transfer_meta(options: ServerOptions, config: FederationConfig, out_dir: Path) -> dict:
+    """config.json's `init_from` and `freeze`: checked now (a wrong model file is one line
+    before anything starts), or those of the interrupted run being resumed."""
+    if options.resume:
+        saved = json.loads((out_dir / CONFIG_FILE).read_text())
+        return {k: saved[k] for k in ("init_from", "freeze") if k in saved}
+    try:
+        return transfer_meta(options.init_from, options.freeze, config)
+    except ValueError as exc:
+        raise DeploymentError(str(exc)) from None
 
 
 def start_server(options: ServerOptions, emit: Callable[[str], None] = print) -> int:
@@ -209,6 +229,7 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             return 0
     elif config is None:
         raise DeploymentError("no federation configuration given")
+    transfer = _transfer_meta(options, config, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not options.resume:
         # A fresh run in a used folder starts from a clean SuperLink and clean outputs.
@@ -264,7 +285,7 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             "federation": config.to_dict(), "mode": "deployment", "address": options.address,
             "insecure": options.insecure, "update_limits": options.update_limits.to_dict(),
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
-            "join_timeout": options.join_timeout,
+            "join_timeout": options.join_timeout, **transfer,
         })
         app_dir = options.app_dir or write_app_dir(out_dir / ".app")
         app_hash = _app_hash(app_dir)
@@ -276,6 +297,8 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
              f"run {run_id}: waiting for {config.min_sites} site(s); outputs in {out_dir}")
         if resume_from:
             emit(f"resuming after round {resume_from} of {config.rounds}")
+        elif transfer.get("init_from"):
+            emit(describe_transfer(transfer))
         emit(progress.header())
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
