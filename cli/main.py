@@ -202,6 +202,8 @@ def simulate(
 
     def on_round(record: dict) -> None:
         typer.echo(progress.row(record))
+        for warning in progress.warnings(record, config.classes):
+            typer.secho(warning, fg=typer.colors.YELLOW)
         if board is not None:
             board.round(record)
 
@@ -214,7 +216,14 @@ def simulate(
             board.close()
     if status["status"] != "completed":
         _fail(f"run failed: {status.get('reason')}", code=1)
-    typer.echo(f"done: metrics {out / 'metrics.jsonl'}, final model {out / 'model-final.pt'}")
+    from fedmed.server.outputs import read_metrics
+
+    rows = read_metrics(out)
+    words = progress.final_words(rows[-1] if rows else None, config.classes)
+    if words:
+        typer.secho(words, fg=typer.colors.YELLOW)
+    typer.echo(f"done{' (with warnings)' if words else ''}: metrics {out / 'metrics.jsonl'}, "
+               f"final model {out / 'model-final.pt'}")
 
 
 @server_app.command("start")

@@ -41,7 +41,7 @@ from fedmed.server.app import RUN_CONFIG_KEY
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import write_app_dir
-from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_status,
+from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_metrics, read_status,
                                    write_json, write_run_report)
 from fedmed.server.strategy.update_checks import UpdateLimits
 
@@ -126,8 +126,10 @@ def _audit_so_far(out_dir: Path) -> list[dict]:
 
 
 def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
-            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None) -> dict:
-    """Print rows as metrics.jsonl grows, and a line for each audit event that changes
+            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None,
+            classes: tuple[str, ...] = ()) -> dict:
+    """Print rows as metrics.jsonl grows (with a warning under a round whose model is
+    one-class, inverted or weak at a site), and a line for each audit event that changes
     who takes part (the ServerApp's own output does not reach this terminal); return
     status.json once the run has written it."""
     printed = 0
@@ -144,6 +146,8 @@ def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], de
             if line.strip():
                 record = json.loads(line)
                 emit(progress.row(record))
+                for warning in progress.warnings(record, classes):
+                    emit(warning)
                 if on_record is not None:
                     on_record(record)
         printed = len(lines)
@@ -302,7 +306,8 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
         emit(progress.header())
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
-        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None)
+        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None,
+                         classes=config.classes)
     except (_Stopped, KeyboardInterrupt):
         audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
         status = {"status": "stopped"}
@@ -324,8 +329,12 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
                  rounds_completed=status.get("rounds_completed"))
     emit(write_run_report(out_dir))
     if status["status"] == "completed":
-        emit(f"run completed: {status.get('rounds_completed', config.rounds)} rounds; "
-             f"final model {out_dir / 'model-final.pt'}")
+        rows = read_metrics(out_dir)
+        words = progress.final_words(rows[-1] if rows else None, config.classes)
+        if words:
+            emit(words)
+        emit(f"run completed{' with warnings' if words else ''}: "
+             f"{status.get('rounds_completed', config.rounds)} rounds; final model {out_dir / 'model-final.pt'}")
         return 0
     emit(f"run failed: {status.get('reason', 'unknown reason')}")
     return 1
