@@ -128,7 +128,7 @@ class RunRecorder:
         # operating threshold is known only once the round's evaluation is in.
         self._checkpointed: tuple[int, ArrayRecord, dict[str, Any]] | None = None
         kept = read_metrics(self.out_dir) if resume_after else []
-        self.last_threshold = threshold_from_round(kept[-1]) if kept else None
+        self.last_threshold = threshold_from_round(kept[-1]) if kept and len(config.classes) == 2 else None
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.out_dir / "checkpoints" / f"round-{server_round:03d}{EXTENSION}"
@@ -184,7 +184,8 @@ class RunRecorder:
 
     def on_evaluate(self, server_round: int, replies: list[SiteReply], _arrays: ArrayRecord | None) -> None:
         record = _clean(self.round_record(server_round, replies))
-        self.last_threshold = threshold_from_round(record)
+        # A cut-off on P(class 1) means something for two classes only.
+        self.last_threshold = threshold_from_round(record) if len(self.config.classes) == 2 else None
         if self.last_threshold is not None and self._checkpointed and self._checkpointed[0] == server_round:
             # Before the metrics row: a round is complete only with both, and then its
             # checkpoint already carries the threshold its evaluation chose.

@@ -24,8 +24,9 @@ def _arrays(seed: int) -> ArrayRecord:
     return ArrayRecord(build_model(CONFIG.model, 2, CONFIG.image.size).state_dict())
 
 
-def _recorder(out: Path, thresholds: dict[int, float | None], resume_after: int = 0) -> RunRecorder:
-    recorder = RunRecorder(out, CONFIG, resume_after=resume_after, checkpoint_extra=lambda: {"k": 1})
+def _recorder(out: Path, thresholds: dict[int, float | None], resume_after: int = 0,
+              config: FederationConfig = CONFIG) -> RunRecorder:
+    recorder = RunRecorder(out, config, resume_after=resume_after, checkpoint_extra=lambda: {"k": 1})
 
     def hand_made(server_round: int, evaluated) -> dict:
         aggregate = {"accuracy": 0.8}
@@ -70,3 +71,12 @@ def test_a_resumed_run_keeps_the_last_rounds_threshold(tmp_path: Path):
     resumed = _recorder(tmp_path, {}, resume_after=1)
     resumed.finish("completed", final_arrays=_arrays(1))
     assert load_checkpoint(tmp_path / FINAL_MODEL)["threshold"] == 0.35
+
+
+def test_a_multi_class_run_saves_no_threshold(tmp_path: Path):
+    config = CONFIG.with_(classes=("a", "b", "c"))
+    recorder = _recorder(tmp_path, {1: 0.3}, config=config)
+    recorder.on_train(1, [], ArrayRecord(build_model(config.model, 3, 16).state_dict()))
+    recorder.on_evaluate(1, [], None)
+    recorder.finish("completed")
+    assert load_model(tmp_path / FINAL_MODEL).threshold is None
