@@ -69,3 +69,18 @@ def test_table_shows_balanced_accuracy_and_warning_rows():
     words = progress.final_words(bad, CLASSES)
     assert words.startswith("warning: the final model (round 3)") and "fedmed evaluate" in words
     assert progress.final_words(None) is None
+
+
+def test_the_coordinator_prints_the_warning_under_the_round(tmp_path):
+    import json
+    import time
+
+    from fedmed.server.deployment import _follow
+
+    bad = _row({"A": {"sensitivity": 1.0, "specificity": 0.0, "auc": 0.4}}, round_=1)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(bad) + "\n")
+    (tmp_path / "status.json").write_text(json.dumps({"status": "completed"}))
+    lines: list[str] = []
+    assert _follow(tmp_path, [], time.monotonic() + 30, lines.append, classes=CLASSES)["status"] == "completed"
+    assert lines[0].split()[0] == "1" and "'abnormal' at every site" in lines[1]
+    assert "worse than chance" in lines[2]
