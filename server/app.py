@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmed.common.checkpoint import load_checkpoint
 from fedmed.common.federation import FederationConfig
-from fedmed.common.freezing import check_freeze
+from fedmed.common.freezing import check_freeze, frozen_names
 from fedmed.common.models import build_model
 from fedmed.common.protocol import FEDERATION_KEY, FREEZE_KEY
 from fedmed.common.starting_model import load_starting_model
@@ -85,10 +86,14 @@ def run_federation(
     freeze = check_freeze(str(meta.get("freeze") or "none"))
     audit = AuditLog(out_dir)
     enrolled = meta.get("sites") if isinstance(meta.get("sites"), dict) else {}
+    limits = UpdateLimits.from_dict(meta.get("update_limits"))
+    if freeze != "none":
+        model = build_model(config.model, len(config.classes), config.image.size)
+        limits = replace(limits, frozen=tuple(frozen_names(model, freeze)))
     strategy = build_strategy(
         config,
         on_event=audit.record,
-        limits=UpdateLimits.from_dict(meta.get("update_limits")),
+        limits=limits,
         first_round=resume_from + 1,
         # A deployment enrolls {node_id: name}; a simulation's meta lists names only.
         node_names={int(k): str(v) for k, v in enrolled.items()},

@@ -207,3 +207,21 @@ def test_a_pretrained_start_reaches_the_target_auc_in_fewer_rounds(tmp_path: Pat
     for key in ("features.0.weight", "features.3.weight", "classifier.1.weight"):
         assert torch.allclose(final[key], body[key], rtol=0, atol=1e-6), key
     assert (final["classifier.4.weight"] - body["classifier.4.weight"]).abs().max() > 1e-4
+
+
+def test_the_coordinator_refuses_an_update_that_moves_a_frozen_weight():
+    from flwr.app import ArrayRecord
+
+    from fedmed.server.strategy.update_checks import UpdateLimits, check_update
+
+    torch.manual_seed(0)
+    model = build_model("cnn", 2, 16)
+    limits = UpdateLimits(frozen=tuple(frozen_names(model, "body")))
+    sent = {k: v.clone() for k, v in model.state_dict().items()}
+    honest = {k: v.clone() for k, v in sent.items()}
+    honest["classifier.4.weight"] += 0.1
+    assert check_update(ArrayRecord(honest), ArrayRecord(sent), limits) is None
+    tampered = {k: v.clone() for k, v in honest.items()}
+    tampered["features.0.weight"][0, 0, 0, 0] += 1e-3
+    assert check_update(ArrayRecord(tampered), ArrayRecord(sent), limits) == "frozen-changed:features.0.weight"
+    assert UpdateLimits.from_dict(limits.to_dict()) == UpdateLimits()
