@@ -182,3 +182,9 @@ def test_cli_evaluate_prints_and_writes_json(site: Path, tmp_path: Path):
     assert both.exit_code == 2 and "exactly one of" in both.output
     missing = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "none.pt"), "--data", str(site)])
     assert missing.exit_code == 2 and "no such model file" in missing.output
+
+
+@pytest.mark.parametrize("command", ["evaluate", "pretrain"])
+def test_help_shows_an_example(command):
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0 and f"Example: fedmed {command}" in result.output
