@@ -25,6 +25,8 @@ min-sites = 3                    # sites a round needs; fewer ends the run clean
 round-timeout = 1800             # seconds to wait for the sites in a round
 join-timeout = 120               # seconds round 1 waits for every enrolled site
 # tensorboard = "tb/consortium-1"  # also log each round as TensorBoard scalars
+# init-from = "public.pt"       # start from a saved model (fedmed pretrain, an earlier model-final.pt)
+# freeze = "body"                # with init-from: none | body (train the head only) | all-but-last-block
 
 model = "cnn"                    # cnn | resnet18
 image-size = 64                  # model input side in pixels

@@ -15,6 +15,7 @@ import typer
 from fedmed.cli.certs import certs_app
 from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
+from fedmed.cli.model_tools import Freeze, InitFrom, transfer_start
 from fedmed.common.federation import FederationConfig, parse_classes
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
@@ -160,11 +161,14 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
     tensorboard: TensorBoard = None,
     config_file: ConfigFile = None,
+    init_from: InitFrom = None,
+    freeze: Freeze = "none",
 ) -> None:
     """Run a federation on this machine with Flower's simulation engine.
 
     Example: fedmed simulate --data demo/data --rounds 5 --out runs/sim1
     Example: fedmed simulate --npz pneumoniamnist.npz --sites 3 --partition dirichlet:0.5 --out runs/pm
+    Example: fedmed simulate --data demo/data --init-from public.pt --freeze body --out runs/tl
     """
     from fedmed.client.privacy.policy import PrivacyPolicy
     from fedmed.server import progress
@@ -193,28 +197,42 @@ def simulate(
             check_dicom_sites(data, config.classes)
         except ValueError as exc:
             _fail(str(exc))
+    transfer = transfer_start(init_from, freeze, config)
     typer.echo(f"simulating {len(site_list)} site(s): {', '.join(s.name for s in site_list)}; "
                f"{config.rounds} round(s) of {config.model}; "
                + ("differential privacy OFF (--no-dp)" if no_dp else f"DP-SGD, budget epsilon={epsilon:g} per site")
                + f"; outputs in {out}")
+    if transfer:
+        from fedmed.common.starting_model import describe_transfer
+
+        typer.echo(describe_transfer(transfer))
     board = _tensorboard(tensorboard)
     typer.echo(progress.header())
 
     def on_round(record: dict) -> None:
         typer.echo(progress.row(record))
+        for warning in progress.warnings(record, config.classes):
+            typer.secho(warning, fg=typer.colors.YELLOW)
         if board is not None:
             board.round(record)
 
     try:
         status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
-                                meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon},
+                                meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon, **transfer},
                                 on_round=on_round)
     finally:
         if board is not None:
             board.close()
     if status["status"] != "completed":
         _fail(f"run failed: {status.get('reason')}", code=1)
-    typer.echo(f"done: metrics {out / 'metrics.jsonl'}, final model {out / 'model-final.pt'}")
+    from fedmed.server.outputs import read_metrics
+
+    rows = read_metrics(out)
+    words = progress.final_words(rows[-1] if rows else None, config.classes)
+    if words:
+        typer.secho(words, fg=typer.colors.YELLOW)
+    typer.echo(f"done{' (with warnings)' if words else ''}: metrics {out / 'metrics.jsonl'}, "
+               f"final model {out / 'model-final.pt'}")
 
 
 @server_app.command("start")
@@ -235,12 +253,15 @@ def server_start(
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     config_file: ConfigFile = None,
+    init_from: InitFrom = None,
+    freeze: Freeze = "none",
 ) -> None:
     """Start the coordinator: enroll the sites, run the federation's rounds, write the run folder.
 
     Example: fedmed server start --certs certs --sites-dir site-keys --address 0.0.0.0:9092 --rounds 3 --min-sites 3 --out runs/r1
     Example: fedmed server start --certs certs --sites-dir site-keys --address 0.0.0.0:9092 --resume runs/r1
     Example: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1
+    Example: fedmed server start --insecure --min-sites 3 --model resnet18 --init-from resnet18-f37072fd.pth --freeze all-but-last-block --out runs/tl
     """
     from fedmed.server.deployment import DeploymentError, ServerOptions, start_server
     from fedmed.server.strategy.update_checks import UpdateLimits
@@ -255,7 +276,8 @@ def server_start(
                                 update_limits=UpdateLimits(max_update_ratio=max_update_ratio,
                                                            max_example_ratio=max_example_ratio),
                                 join_timeout=join_timeout, tensorboard=tensorboard,
-                                max_request_bytes=max_request_bytes)
+                                max_request_bytes=max_request_bytes,
+                                init_from=init_from, freeze=freeze)
         code = start_server(options)
     except (DeploymentError, ValueError) as exc:
         _fail(str(exc))
@@ -315,6 +337,12 @@ from fedmed.cli.operator import data_check, predict, report  # noqa: E402
 data_app.command("check")(data_check)
 app.command()(report)
 app.command()(predict)
+
+# Model tools (evaluate a model locally, make a starting model) live in fedmed.cli.model_tools.
+from fedmed.cli.model_tools import evaluate, pretrain  # noqa: E402
+
+app.command()(evaluate)
+app.command()(pretrain)
 
 
 def run() -> None:

@@ -28,8 +28,10 @@ from fedmed.client.privacy.run_plan import decide, plan_run
 from fedmed.client.site import Site, site_from_node_config
 from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
 from fedmed.common.federation import FederationConfig
+from fedmed.common.freezing import apply_freeze
 from fedmed.common.models import build_model
-from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
+from fedmed.common.protocol import (ARRAYS_KEY, FEDERATION_KEY, FREEZE_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY,
+                                    SiteStatus)
 
 log = logging.getLogger("fedmed.site")
 
@@ -104,6 +106,9 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     seed = round_seed(config.seed, site.name, server_round)
     torch.manual_seed(seed)
     model = _global_model(msg, config)
+    # Frozen weights (a run started --init-from with --freeze) get no gradient: the
+    # optimizer leaves them as they are and DP-SGD neither clips nor noises them.
+    apply_freeze(model, str(msg.content["config"].get(FREEZE_KEY, "none")))
     device = pick_device()
     optimizer = make_optimizer(model, config)
     started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 A checkpoint carries the model's name, its classes and the image settings it was trained
 with (`fedmed.common.checkpoint`); every file goes through the same `load_image` the sites
-train on, with those settings. A file that cannot be used gets a `Prediction` with its
-reason and the batch goes on; a model file that is not a usable fedmed model is refused
+train on, with those settings. The predicted class follows the model's operating
+threshold when it carries one (`fedmed.common.operating_point`), else the most probable
+class. A file that cannot be used gets a `Prediction` with its reason and the batch goes on; a model file that is not a usable fedmed model is refused
 up front with `ModelMismatch`.
 
 A file unlike what the model was trained on still gets scores, with a `warning`: another
@@ -29,8 +30,9 @@ import torch
 from fedmed.client.imaging import UnusableImage, image_kind, load_images, quiet_pydicom
 from fedmed.client.sitedata.labels import LABELS_FILE
 from fedmed.client.training import predict_proba
-from fedmed.common.checkpoint import load_checkpoint
+from fedmed.common.checkpoint import load_checkpoint, saved_threshold
 from fedmed.common.models import build_model
+from fedmed.common.operating_point import decide
 from fedmed.common.settings import GREYSCALE_MODALITIES, ImageSettings, trained_on
 
 __all__ = ["LoadedModel", "ModelMismatch", "Prediction", "expand_inputs", "load_model",
@@ -51,6 +53,7 @@ class LoadedModel:
     classes: tuple[str, ...]
     settings: ImageSettings
     trained_on: dict = field(default_factory=dict)
+    threshold: float | None = None  # cut-off on P(class 1); None: arg-max
 
 
 @dataclass
@@ -61,13 +64,17 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)  # class -> probability
     error: str = ""
     warning: str = ""  # how the file differs from the model's training data, if it does
+    threshold: float | None = None  # the model's cut-off on P(class 1); None: arg-max
 
     @property
     def predicted(self) -> str:
-        """The most probable class; "" for a file that could not be used."""
+        """The class at the model's operating threshold (the most probable class when it
+        has none); "" for a file that could not be used."""
         if not self.probabilities:
             return ""
-        return max(self.probabilities, key=self.probabilities.__getitem__)
+        names = list(self.probabilities)
+        row = np.asarray([[self.probabilities[c] for c in names]])
+        return names[int(decide(row, self.threshold)[0])]
 
 
 def load_model(model_path: str | os.PathLike[str]) -> LoadedModel:
@@ -86,6 +93,7 @@ def load_model(model_path: str | os.PathLike[str]) -> LoadedModel:
         classes = tuple(str(c) for c in payload["classes"])
         settings = ImageSettings.from_dict(payload["image"])
         model = build_model(str(payload["model"]), len(classes), settings.size)
+        threshold = saved_threshold(payload)
     except (TypeError, ValueError) as exc:
         raise ModelMismatch(f"{path}: {exc}") from None
     _check_weights(path, model, payload["state_dict"], len(classes))
@@ -93,7 +101,7 @@ def load_model(model_path: str | os.PathLike[str]) -> LoadedModel:
     model.eval()
     recorded = payload.get("trained_on")
     return LoadedModel(model, str(payload["model"]), classes, settings,
-                       recorded if isinstance(recorded, dict) else trained_on(settings))
+                       recorded if isinstance(recorded, dict) else trained_on(settings), threshold)
 
 
 def _check_weights(path: Path, model: torch.nn.Module, weights: dict, num_classes: int) -> None:
@@ -154,7 +162,7 @@ def predict_files(
 
 
 def _predict_chunk(loaded: LoadedModel, files: list[Path]) -> list[Prediction]:
-    results = [Prediction(str(f)) for f in files]
+    results = [Prediction(str(f), threshold=loaded.threshold) for f in files]
     images, owner = [], []
     for i, f in enumerate(files):
         if not f.exists():

@@ -36,12 +36,13 @@ from typing import Callable
 from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
 from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop, wait_for_port
+from fedmed.common.starting_model import describe_transfer, transfer_meta
 from fedmed.server import progress
 from fedmed.server.app import RUN_CONFIG_KEY
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import write_app_dir
-from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_status,
+from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_metrics, read_status,
                                    write_json, write_run_report)
 from fedmed.server.strategy.update_checks import UpdateLimits
 
@@ -72,6 +73,11 @@ class ServerOptions:
     join_timeout: float = 120.0
     # Also log each round as TensorBoard scalars here (`tensorboard_log.py`).
     tensorboard: Path | None = None
+    # Start round 1 from this model file instead of random weights
+    # (`fedmed.common.starting_model`), and which weights the sites then train
+    # (`fedmed.common.freezing`).
+    init_from: Path | None = None
+    freeze: str = "none"
     startup_timeout: float = 60.0
     # The public port's push-object body limit in bytes; None sizes it from the model.
     max_request_bytes: int | None = None
@@ -123,8 +129,10 @@ def _audit_so_far(out_dir: Path) -> list[dict]:
 
 
 def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
-            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None) -> dict:
-    """Print rows as metrics.jsonl grows, and a line for each audit event that changes
+            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None,
+            classes: tuple[str, ...] = ()) -> dict:
+    """Print rows as metrics.jsonl grows (with a warning under a round whose model is
+    one-class, inverted or weak at a site), and a line for each audit event that changes
     who takes part (the ServerApp's own output does not reach this terminal); return
     status.json once the run has written it."""
     printed = 0
@@ -141,6 +149,8 @@ def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], de
             if line.strip():
                 record = json.loads(line)
                 emit(progress.row(record))
+                for warning in progress.warnings(record, classes):
+                    emit(warning)
                 if on_record is not None:
                     on_record(record)
         printed = len(lines)
@@ -176,7 +186,9 @@ def _check_options(options: ServerOptions, host: str) -> None:
 
 
 def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
-    """The interrupted run's config, its last completed round and its Flower run ID."""
+    """The interrupted run's config, its last completed round and its Flower run ID.
+
+    What the run started from and froze (`init_from`, `freeze`) are read by `_transfer_meta`."""
     config_path = out_dir / CONFIG_FILE
     if not config_path.exists():
         raise DeploymentError(f"--resume {out_dir}: no {CONFIG_FILE}; point it at the run folder of "
@@ -186,6 +198,18 @@ def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
     done = last_completed_round(out_dir)
     started = [e for e in read_audit(out_dir) if e.get("event") == "run-started"]
     return config, done, (str(started[-1].get("run_id")) if started else None)
+
+
+def _transfer_meta(options: ServerOptions, config: FederationConfig, out_dir: Path) -> dict:
+    """config.json's `init_from` and `freeze`: checked now (a wrong model file is one line
+    before anything starts), or those of the interrupted run being resumed."""
+    if options.resume:
+        saved = json.loads((out_dir / CONFIG_FILE).read_text())
+        return {k: saved[k] for k in ("init_from", "freeze") if k in saved}
+    try:
+        return transfer_meta(options.init_from, options.freeze, config)
+    except ValueError as exc:
+        raise DeploymentError(str(exc)) from None
 
 
 def start_server(options: ServerOptions, emit: Callable[[str], None] = print) -> int:
@@ -215,6 +239,7 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
     # The run folder holds every site's updates, checkpoints and the SuperLink's
     # database: this account only (files 0600 through the umask, which the SuperLink,
     # the proxy and the ServerApp inherit).
+    transfer = _transfer_meta(options, config, out_dir)
     previous_umask = os.umask(0o077)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +307,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             "federation": config.to_dict(), "mode": "deployment", "address": options.address,
             "insecure": options.insecure, "update_limits": options.update_limits.to_dict(),
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
-            "join_timeout": options.join_timeout,
+            "join_timeout": options.join_timeout, **transfer,
         })
         app_dir = options.app_dir or write_app_dir(out_dir / ".app")
         app_hash = _app_hash(app_dir)
@@ -294,10 +319,13 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
              f"run {run_id}: waiting for {config.min_sites} site(s); outputs in {out_dir}")
         if resume_from:
             emit(f"resuming after round {resume_from} of {config.rounds}")
+        elif transfer.get("init_from"):
+            emit(describe_transfer(transfer))
         emit(progress.header())
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
-        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None)
+        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None,
+                         classes=config.classes)
     except (_Stopped, KeyboardInterrupt):
         audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
         status = {"status": "stopped"}
@@ -319,8 +347,12 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
                  rounds_completed=status.get("rounds_completed"))
     emit(write_run_report(out_dir))
     if status["status"] == "completed":
-        emit(f"run completed: {status.get('rounds_completed', config.rounds)} rounds; "
-             f"final model {out_dir / 'model-final.pt'}")
+        rows = read_metrics(out_dir)
+        words = progress.final_words(rows[-1] if rows else None, config.classes)
+        if words:
+            emit(words)
+        emit(f"run completed{' with warnings' if words else ''}: "
+             f"{status.get('rounds_completed', config.rounds)} rounds; final model {out_dir / 'model-final.pt'}")
         return 0
     emit(f"run failed: {status.get('reason', 'unknown reason')}")
     return 1

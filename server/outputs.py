@@ -3,8 +3,10 @@
 RUN_DIR/
   config.json           the federation's configuration and how the run was started
   metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
-  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state)
-  model-final.pt        the final global model
+  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state,
+                        + the round's operating threshold when its metrics row has one)
+  model-final.pt        the final global model, with the last round's operating threshold
+                        (`fedmed.common.operating_point`; arg-max when there is none)
   status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
   audit.jsonl           who started and stopped the run, sites joined/left/refused, who
                         contributed to each round, rejected updates (`server/audit.py`)
@@ -31,6 +33,7 @@ from flwr.app import ArrayRecord
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
 from fedmed.common.metrics import METRIC_NAMES, aggregate_sites
+from fedmed.common.operating_point import ARGMAX_RULE, SITES_RULE, threshold_from_round
 from fedmed.server.strategy.fedavg import SiteReply
 
 CONFIG_FILE = "config.json"
@@ -136,6 +139,11 @@ class RunRecorder:
         self._round_started = time.perf_counter()
         self.last_arrays: ArrayRecord | None = None
         self.rounds_done = resume_after
+        # The round whose checkpoint was written last, with its weights and extras: its
+        # operating threshold is known only once the round's evaluation is in.
+        self._checkpointed: tuple[int, ArrayRecord, dict[str, Any]] | None = None
+        kept = read_metrics(self.out_dir) if resume_after else []
+        self.last_threshold = threshold_from_round(kept[-1]) if kept and len(config.classes) == 2 else None
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.out_dir / "checkpoints" / f"round-{server_round:03d}{EXTENSION}"
@@ -144,9 +152,10 @@ class RunRecorder:
         self._train[server_round] = replies
         if arrays is not None:
             self.last_arrays = arrays
-            extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else None
+            extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else {}
             save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
                             self.config, server_round, extra)
+            self._checkpointed = (server_round, arrays, extra)
 
     def round_record(self, server_round: int, evaluated: list[SiteReply]) -> dict[str, Any]:
         """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round."""
@@ -181,8 +190,23 @@ class RunRecorder:
             "seconds": time.perf_counter() - self._round_started,
         }
 
+    @staticmethod
+    def threshold_extra(threshold: float | None, server_round: int) -> dict[str, Any]:
+        """The checkpoint keys saying how the model turns probabilities into a decision."""
+        if threshold is None:
+            return {"threshold_rule": ARGMAX_RULE}
+        return {"threshold": threshold, "threshold_rule": f"{SITES_RULE}, round {server_round}"}
+
     def on_evaluate(self, server_round: int, replies: list[SiteReply], _arrays: ArrayRecord | None) -> None:
         record = _clean(self.round_record(server_round, replies))
+        # A cut-off on P(class 1) means something for two classes only.
+        self.last_threshold = threshold_from_round(record) if len(self.config.classes) == 2 else None
+        if self.last_threshold is not None and self._checkpointed and self._checkpointed[0] == server_round:
+            # Before the metrics row: a round is complete only with both, and then its
+            # checkpoint already carries the threshold its evaluation chose.
+            _, arrays, extra = self._checkpointed
+            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(), self.config,
+                            server_round, {**extra, **self.threshold_extra(self.last_threshold, server_round)})
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         self.rounds_done = server_round
@@ -194,7 +218,8 @@ class RunRecorder:
         arrays = final_arrays or self.last_arrays
         if arrays is not None:
             save_checkpoint(self.out_dir / FINAL_MODEL, arrays.to_torch_state_dict(),
-                            self.config, self.rounds_done)
+                            self.config, self.rounds_done,
+                            self.threshold_extra(self.last_threshold, self.rounds_done))
         write_json(self.out_dir / STATUS_FILE, {
             "status": status, "reason": reason, "rounds_completed": self.rounds_done,
             "rounds_planned": self.config.rounds, "finished_at": _now(),

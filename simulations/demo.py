@@ -55,7 +55,8 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
          "(see docs/privacy.md); `fedmed client` and `fedmed simulate` use DP by default")
     emit(progress.header())
     status = simulate(dicom_sites(data_dir, out / "state", PrivacyPolicy(enabled=False)), config, run_dir,
-                      meta={"dp": False, "demo": True}, on_round=lambda r: emit(progress.row(r)))
+                      meta={"dp": False, "demo": True},
+                      on_round=lambda r: [emit(line) for line in (progress.row(r), *progress.warnings(r, config.classes))])
     records = read_metrics(run_dir)
     if records:
         emit("")
@@ -71,6 +72,9 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
         emit("  -: not sent; a site withholds sens/spec while a held-out class has fewer than "
              "10 images (docs/privacy.md), and AUC is undefined on one class")
     emit("")
+    if status["status"] == "completed" and (words := progress.final_words(records[-1] if records else None,
+                                                                          config.classes)):
+        emit(words)
     emit(f"{status['status']} in {time.perf_counter() - started:.0f} s. Outputs in {run_dir}: "
          "metrics.jsonl, checkpoints/, model-final.pt, config.json, report.html")
     if status["status"] != "completed":

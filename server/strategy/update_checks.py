@@ -13,7 +13,7 @@ mean) would narrow that; it is out of scope here, see docs/security.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ class UpdateLimits:
     # How many times the median of the other sites' example counts a site may claim
     # (`reply_checks.py`).
     max_example_ratio: float = DEFAULT_MAX_EXAMPLE_RATIO
+    # Weights the sites must return exactly as sent (a run with --freeze): an honest
+    # site's optimizer never touches them, so any change is refused.
+    frozen: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not (self.max_update_ratio > 0 and np.isfinite(self.max_update_ratio)):
@@ -48,11 +51,12 @@ class UpdateLimits:
             raise ValueError(f"--max-example-ratio: expected a number >= 1, got {self.max_example_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
+        # `frozen` follows from the run's --freeze, which config.json records itself.
         return {"max_update_ratio": self.max_update_ratio, "max_example_ratio": self.max_example_ratio}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "UpdateLimits":
-        return cls(**{k: float(v) for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
+        return cls(**{k: float(v) for k, v in (d or {}).items() if k == "max_update_ratio"})
 
 
 def _as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -82,6 +86,8 @@ def check_update(update: ArrayRecord, global_arrays: ArrayRecord, limits: Update
             continue
         if not np.all(np.isfinite(arr)):
             return f"non-finite:{key}"
+        if key in limits.frozen and not np.array_equal(arr, ref):
+            return f"frozen-changed:{key}"
         diff = arr.astype(np.float64) - ref.astype(np.float64)
         delta_sq += float(np.dot(diff.ravel(), diff.ravel()))
         global_sq += float(np.dot(ref.astype(np.float64).ravel(), ref.astype(np.float64).ravel()))
