@@ -15,7 +15,8 @@ The page embeds its plots, so it can be mailed or archived on its own. Missing v
 (a failed site, an AUC undefined on a one-class split, a rate withheld by the small-cell
 rule, a run without DP) are shown as gaps and dashes, never as zeros. A model that predicts
 one class, ranks the classes the wrong way round or misses most of a class at a site is
-flagged in words (`fedmed.server.report_stats.health_flags`), so a run never reads as a
+flagged in words (the rule of `fedmed.common.model_health`, worded by
+`fedmed.server.report_stats.health_flags`), so a run never reads as a
 plain green "completed" when its model is not one to trust. Sites are listed by the names
 in the metrics (and config.json's site list or {node id: name} map), never by node IDs.
 """
@@ -41,13 +42,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from fedmed.server.report_stats import (
-    auc_interval,
-    class_counts,
-    confusion_matrix,
-    health_flags,
-    wilson_interval,
-)
+from fedmed.common.model_health import MIN_RATE, confusion_matrix
+from fedmed.common.model_health import finite_number as _num
+from fedmed.server.report_stats import auc_interval, class_counts, health_flags, wilson_interval
 
 __all__ = ["write_report"]
 
@@ -176,13 +173,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _num(value: Any) -> float | None:
-    """A finite number, or None for null, NaN, missing and non-numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _series(run: _Run, key: str, site: str | None) -> list[float]:
     out = []
     for record in run.records:
@@ -267,7 +257,7 @@ def _rates_figure(run: _Run) -> Figure:
                     **_site_style(run, name))
         ax.plot(rounds, _series(run, key, None), marker="s", markersize=5, linewidth=2.6,
                 color="black", label="all sites (weighted)")
-        ax.axhspan(-0.02, 0.5, color="#ffebee", zorder=0)  # the weak zone of the flags
+        ax.axhspan(-0.02, MIN_RATE, color="#ffebee", zorder=0)  # the weak zone of the flags
         ax.set_title(f"{key.capitalize()} per round")
         ax.set_xlabel("round")
         ax.set_ylim(-0.02, 1.02)

@@ -1,4 +1,5 @@
-"""The report's statistics: 95 % confidence intervals and the flags on a weak model.
+"""The report's statistics: 95 % confidence intervals, and its wording of the model-health
+flags (the rule itself is `fedmed.common.model_health`, shared with the terminal).
 
 Everything here works on what a site sent after evaluation (its rates, AUC and, when sent,
 its confusion matrix); nothing is recomputed from site data, and a rate a site withheld
@@ -14,18 +15,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from fedmed.common.model_health import CHANCE_AUC, MIN_RATE, confusion_matrix, site_flags
+from fedmed.common.model_health import finite_number as _num
+
 __all__ = ["Z95", "auc_interval", "class_counts", "health_flags", "wilson_interval"]
 
 # Two-sided 95 % normal quantile.
 Z95 = 1.959963984540054
-# A rate below this at a site means the model misses most of a class there.
-WEAK_RATE = 0.5
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def wilson_interval(rate: float | None, n: float | None) -> tuple[float, float] | None:
@@ -62,77 +58,26 @@ def auc_interval(auc: float | None, positives: float | None, negatives: float | 
     return max(0.0, a - half), min(1.0, a + half)
 
 
-def confusion_matrix(entry: dict[str, Any]) -> list[list[float]] | None:
-    """A site's confusion matrix [true][predicted] as numbers, or None when it sent none
-    (older runs) or sent something else than a square table."""
-    table = entry.get("confusion")
-    if not isinstance(table, list) or not table:
-        return None
-    rows = []
-    for row in table:
-        if not isinstance(row, list) or len(row) != len(table):
-            return None
-        values = [_num(v) for v in row]
-        if any(v is None for v in values):
-            return None
-        rows.append([float(v) for v in values])  # type: ignore[arg-type]
-    return rows
-
-
 def class_counts(entry: dict[str, Any]) -> list[float] | None:
     """Images per true class at a site (row sums of its confusion matrix), or None."""
     table = confusion_matrix(entry)
     return [sum(row) for row in table] if table else None
 
 
-def predicted_one_class(entry: dict[str, Any], classes: Sequence[str]) -> str | None:
-    """The class a site's model predicted for (almost) every image, or None.
-
-    From the confusion matrix when sent: every predicted column but one is empty (a
-    column under 1 % of the images counts as empty, since DP noise makes a zero count
-    come out as a small number). Without one: a sensitivity and specificity of 0 and 1.
-    """
-    table = confusion_matrix(entry)
-    if table:
-        total = sum(sum(row) for row in table)
-        if total <= 0:
-            return None
-        columns = [sum(row[j] for row in table) for j in range(len(table))]
-        used = [j for j, c in enumerate(columns) if c > max(0.5, 0.01 * total)]
-        if len(used) == 1:
-            j = used[0]
-            return classes[j] if j < len(classes) else f"class {j}"
-        return None
-    sens, spec = _num(entry.get("sensitivity")), _num(entry.get("specificity"))
-    if sens is None or spec is None or len(classes) != 2:
-        return None
-    if sens == 0.0 and spec == 1.0:
-        return classes[0]
-    if sens == 1.0 and spec == 0.0:
-        return classes[1]
-    return None
-
-
 def health_flags(entry: dict[str, Any] | None, classes: Sequence[str]) -> list[str]:
     """Why a site's (or the aggregate's) evaluation of a round's model is not a model to
-    trust, in words; [] when nothing is wrong or nothing was reported.
-
-    - one class: the model gives every image the same class;
-    - inverted: AUC below 0.5 (its scores rank the classes the wrong way round);
-    - weak: sensitivity or specificity below 0.5 (it misses most of a class).
-    """
+    trust, in the report's words, one line per reason; [] when nothing is wrong or nothing
+    was reported. Which flags are raised is `fedmed.common.model_health.site_flags`."""
     if not entry:
         return []
-    flags = []
-    one = predicted_one_class(entry, classes)
-    if one is not None:
-        flags.append(f"predicts one class ({one}) for every image")
-    auc = _num(entry.get("auc"))
-    if auc is not None and auc < 0.5:
-        flags.append(f"inverted: AUC {auc:.3f} < 0.5")
-    if one is None:
-        for key in ("sensitivity", "specificity"):
-            value = _num(entry.get(key))
-            if value is not None and value < WEAK_RATE:
-                flags.append(f"weak: {key} {value:.3f} < {WEAK_RATE}")
-    return flags
+    lines = []
+    for flag in site_flags("", entry, classes):
+        if flag.kind == "one-class":
+            j = flag.predicted
+            name = "" if j is None else f" ({classes[j] if j < len(classes) else f'class {j}'})"
+            lines.append(f"predicts one class{name} for every image")
+        else:
+            limit = CHANCE_AUC if flag.kind == "inverted" else MIN_RATE
+            lines += [f"{flag.kind}: {'AUC' if key == 'auc' else key} {value:.3f} < {limit}"
+                      for key, value in flag.values]
+    return lines

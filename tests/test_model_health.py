@@ -84,3 +84,24 @@ def test_the_coordinator_prints_the_warning_under_the_round(tmp_path):
     assert _follow(tmp_path, [], time.monotonic() + 30, lines.append, classes=CLASSES)["status"] == "completed"
     assert lines[0].split()[0] == "1" and "'abnormal' at every site" in lines[1]
     assert "worse than chance" in lines[2]
+
+
+def test_the_report_and_the_terminal_share_one_rule():
+    from fedmed.server.report_stats import health_flags
+
+    # DP noise makes an empty predicted column a small number either side of zero: still one class.
+    noisy = {"confusion": [[40.3, 0.2], [15.8, -0.1]], "sensitivity": 0.01, "specificity": 0.99}
+    [flag] = site_flags("A", noisy, CLASSES)
+    assert (flag.kind, flag.predicted) == ("one-class", 0)
+    assert health_flags(noisy, CLASSES) == ["predicts one class (normal) for every image"]
+    # Macro-averaged rates of three classes cannot show one class; only a confusion matrix can.
+    assert site_flags("A", {"sensitivity": 0.0, "specificity": 1.0}, ("a", "b", "c"))[0].kind == "weak"
+    # A withheld cell makes the matrix unknown; the rates decide. Strings and bools are no numbers.
+    [flag] = site_flags("A", {"confusion": [[5, None], [3, 0]], "sensitivity": 0.0, "specificity": 1.0})
+    assert (flag.kind, flag.predicted) == ("one-class", 0)
+    assert site_flags("A", {"sensitivity": "0.1", "specificity": True, "auc": "0.2"}) == []
+    # The report words each low number on its own line, from the same flag.
+    c = {"auc": 0.42, "sensitivity": 0.45, "specificity": 0.38}
+    assert [f.kind for f in site_flags("C", c, CLASSES)] == ["inverted", "weak"]
+    assert health_flags(c, CLASSES) == ["inverted: AUC 0.420 < 0.5", "weak: sensitivity 0.450 < 0.5",
+                                        "weak: specificity 0.380 < 0.5"]
