@@ -153,6 +153,7 @@ def simulate(
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the outputs).")] = False,
+    no_dp_metrics: Annotated[bool, typer.Option("--no-dp-metrics", help="With DP on, sites send EXACT evaluation metrics, for trials (recorded).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
     tensorboard: TensorBoard = None,
     config_file: ConfigFile = None,
@@ -171,7 +172,8 @@ def simulate(
         _fail("give exactly one of --data DIR or --npz FILE")
     state_root = state or (out / "state")
     try:
-        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
+        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+                                private_metrics=not no_dp_metrics)
         if data is not None:
             site_list = dicom_sites(data, state_root, privacy)
             size = image_size or 64
@@ -262,6 +264,8 @@ def client(
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5, N = training images).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the run's outputs).")] = False,
+    no_dp_metrics: Annotated[bool, typer.Option("--no-dp-metrics", help="With DP on, send EXACT evaluation metrics, for trials (recorded in the ledger and the outputs).")] = False,
+    new_ledger: Annotated[Optional[str], typer.Option("--new-ledger", metavar="REASON", help="Start a new privacy ledger although this state folder shows the data was trained on; REASON is recorded in it.")] = None,
     classes: Classes = ",".join(DEFAULT_CLASSES),
     config_file: ConfigFile = None,
 ) -> None:
@@ -274,7 +278,8 @@ def client(
     from fedmed.client.supernode import ClientOptions, ClientSetupError, run_client
 
     try:
-        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
+        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+                                private_metrics=not no_dp_metrics, new_ledger=new_ledger)
         code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
                                         insecure=insecure, certs=certs, approve=tuple(approve or ()),
                                         privacy=privacy, classes=parse_classes(classes)))

@@ -3,8 +3,9 @@
 RUN_DIR/
   config.json           the federation's configuration and how the run was started
   metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
-  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state)
-  model-final.pt        the final global model
+  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state and,
+                        once the round is evaluated, its operating threshold)
+  model-final.pt        the final global model, with the last evaluated round's threshold
   status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
   audit.jsonl           who started and stopped the run, sites joined/left/refused, who
                         contributed to each round, rejected updates (`server/audit.py`)
@@ -28,7 +29,7 @@ from flwr.app import ArrayRecord
 
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
-from fedmed.common.metrics import METRIC_NAMES, aggregate_sites
+from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, evaluation_round
 from fedmed.server.strategy.fedavg import SiteReply
 
 CONFIG_FILE = "config.json"
@@ -43,6 +44,8 @@ def _clean(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
 
 
@@ -121,17 +124,25 @@ class RunRecorder:
         self._round_started = time.perf_counter()
         self.last_arrays: ArrayRecord | None = None
         self.rounds_done = resume_after
+        self.threshold: float | None = None  # the last evaluated round's operating threshold
+        self._trained_arrays: ArrayRecord | None = None
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.out_dir / "checkpoints" / f"round-{server_round:03d}{EXTENSION}"
 
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else {}
+        if self.threshold is not None:
+            extra["threshold"] = self.threshold
+        return extra
+
     def on_train(self, server_round: int, replies: list[SiteReply], arrays: ArrayRecord | None) -> None:
         self._train[server_round] = replies
+        self._trained_arrays = arrays
         if arrays is not None:
             self.last_arrays = arrays
-            extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else None
             save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
-                            self.config, server_round, extra)
+                            self.config, server_round, self._extra() or None)
 
     def round_record(self, server_round: int, evaluated: list[SiteReply]) -> dict[str, Any]:
         """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round."""
@@ -141,7 +152,7 @@ class RunRecorder:
             entry["status"] = reply.status
             if reply.reason:
                 entry["reason"] = reply.reason
-            for key in ("train_loss", "train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
+            for key in ("train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
                 if key in reply.metrics:
                     entry[key] = float(reply.metrics[key])
             if "num-examples" in reply.metrics:
@@ -154,20 +165,40 @@ class RunRecorder:
                 entry.setdefault("eval_status", reply.status)
                 continue
             entry["num_examples"] = int(reply.metrics.get("num-examples", 0))
-            for name in (*METRIC_NAMES, "eval_seconds"):
+            for name in (*METRIC_NAMES, "balanced_accuracy", "eval_seconds"):
                 if name in reply.metrics:
                     entry[name] = float(reply.metrics[name])
+            for name in ("confusion", "roc"):
+                if name in reply.metrics:
+                    entry[name] = reply.metrics[name]
+            if "dp_metrics" in reply.metrics:
+                entry["dp_metrics"] = bool(reply.metrics["dp_metrics"])
+            if "epsilon" in reply.metrics:  # the release's row comes after the round's training
+                entry["epsilon"] = max(float(reply.metrics["epsilon"]), entry.get("epsilon", 0.0))
         evaluated_sites = {k: v for k, v in sites.items() if "num_examples" in v}
+        aggregate = aggregate_sites(evaluated_sites)
+        _, pooled = evaluation_round({r.site: r.metrics for r in evaluated if r.status == "ok"})
+        if pooled is not None:
+            aggregate.update({name: pooled[name] for name in (
+                "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "confusion", "roc",
+                "threshold")})
         return {
             "round": server_round,
             "sites": dict(sorted(sites.items())),
-            "aggregate": aggregate_sites(evaluated_sites),
+            "aggregate": aggregate,
             "privacy": privacy_summary(sites),
             "seconds": time.perf_counter() - self._round_started,
         }
 
     def on_evaluate(self, server_round: int, replies: list[SiteReply], _arrays: ArrayRecord | None) -> None:
         record = _clean(self.round_record(server_round, replies))
+        threshold = record["aggregate"].get("threshold")
+        if threshold is not None:
+            self.threshold = float(threshold)
+            arrays = self._trained_arrays
+            if arrays is not None:  # the round's model, now with the threshold chosen for it
+                save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
+                                self.config, server_round, self._extra())
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         self.rounds_done = server_round
@@ -179,7 +210,8 @@ class RunRecorder:
         arrays = final_arrays or self.last_arrays
         if arrays is not None:
             save_checkpoint(self.out_dir / FINAL_MODEL, arrays.to_torch_state_dict(),
-                            self.config, self.rounds_done)
+                            self.config, self.rounds_done,
+                            {"threshold": self.threshold} if self.threshold is not None else None)
         write_json(self.out_dir / STATUS_FILE, {
             "status": status, "reason": reason, "rounds_completed": self.rounds_done,
             "rounds_planned": self.config.rounds,

@@ -22,7 +22,7 @@ import torch
 from fedmed.client.privacy.accounting import epsilon
 from fedmed.client.privacy.ledger import HEAD_NAME, LEDGER_NAME
 from fedmed.client.privacy.policy import PrivacyPolicy
-from fedmed.client.privacy.run_plan import PLAN_FILE
+from fedmed.client.privacy.planning import PLAN_FILE
 from fedmed.common.federation import FederationConfig
 from fedmed.common.settings import ImageSettings
 from fedmed.server.outputs import read_metrics, read_status
@@ -62,12 +62,17 @@ def test_budget_is_spent_once_and_a_tampered_ledger_is_refused(synthetic_sites: 
     after_run1 = {}
     for site in SITES:
         ledger = _ledger_rows(state / site)
-        assert [(r["round"], r["run"]) for r in ledger] == [(1, ledger[0]["run"]), (2, ledger[0]["run"])]
+        # each round: its DP-SGD reservation, then its evaluation release
+        assert [(r["round"], r["mechanism"]) for r in ledger] == [
+            (1, "dp-sgd"), (1, "gaussian"), (2, "dp-sgd"), (2, "gaussian")]
+        assert {r["run"] for r in ledger} == {ledger[0]["run"]}
         spent = ledger[-1]["epsilon"]
         assert 1.6 <= spent <= BUDGET, (site, spent)
         assert rows[-1]["sites"][site]["epsilon"] == pytest.approx(spent)
+        assert rows[-1]["sites"][site]["dp_metrics"] is True
         plan = json.loads((state / site / PLAN_FILE).read_text())
-        assert all(r["noise_multiplier"] == plan["noise_multiplier"] for r in ledger)
+        assert all(r["noise_multiplier"] == plan["noise_multiplier"] for r in ledger if r["mechanism"] == "dp-sgd")
+        assert all(r["noise_multiplier"] == plan["release_noise"] for r in ledger if r["mechanism"] == "gaussian")
         after_run1[site] = (state / site / LEDGER_NAME).read_bytes()
     assert rows[-1]["privacy"]["max_epsilon"] <= BUDGET
 

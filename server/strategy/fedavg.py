@@ -35,6 +35,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedmed.common.metrics import aggregate_sites, evaluation_round
 from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, SiteStatus
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update
 
@@ -292,12 +293,23 @@ class SiteAwareFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate as FedAvg does; hand per-site metrics to the observer."""
+        """Derive every site's metrics from its score histograms at the round's pooled
+        operating threshold (`fedmed.common.metrics.evaluation_round`); hand them to the
+        observer; return the pooled metrics (or, without histograms, the example-weighted
+        means)."""
         server_round += self.round_offset
         read = self._read(replies)
-        usable = [m for m, r in read if r.status == SiteStatus.OK.value]
         recorded = [reply for _, reply in read]
-        metrics = super().aggregate_evaluate(server_round, usable) if usable else None
+        ok = {r.site: r.metrics for r in recorded if r.status == SiteStatus.OK.value}
+        per_site, pooled = evaluation_round(ok)
+        for reply in recorded:
+            if reply.site in per_site:
+                reply.metrics.update(per_site[reply.site])
         if self.on_evaluate is not None:
             self.on_evaluate(server_round, recorded, None)
-        return metrics
+        if pooled is not None:
+            return MetricRecord({k: float(v) for k, v in pooled.items() if isinstance(v, (int, float))})
+        scalars = {site: {"num_examples": m.get("num-examples", 0),
+                          **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+                   for site, m in ok.items()}
+        return MetricRecord(aggregate_sites(scalars)) if scalars else None
