@@ -626,6 +626,8 @@ class PrivacyLedger:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its round is still running
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # finished between our listing and our lock
                 try:
                     info = json.loads(path.read_text() or "{}")
                 except ValueError:
