@@ -42,9 +42,30 @@ def score_histograms(scores: np.ndarray, labels: np.ndarray, bins: int = HIST_BI
     return out
 
 
+def consistent_counts(noised: np.ndarray) -> np.ndarray:
+    """Non-negative counts closest to noised ones, row by row: the least-squares
+    non-decreasing fit of each row's cumulative sums (pool-adjacent-violators), floored at
+    0, differenced back into bins. Constrained inference in the manner of Hay et al. 2010
+    ("Boosting the accuracy of differentially private histograms through consistency"):
+    post-processing, so it costs no privacy, and unlike setting negative bins to 0 it does
+    not add the noise of every empty bin to the counts (which drags AUC towards 0.5)."""
+    out = np.empty_like(np.asarray(noised, dtype=np.float64))
+    for i, row in enumerate(np.asarray(noised, dtype=np.float64)):
+        blocks: list[list[float]] = []  # [mean, weight]
+        for value in np.cumsum(row):
+            blocks.append([float(value), 1.0])
+            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+                (m1, w1), (m2, w2) = blocks[-2], blocks[-1]
+                blocks[-2:] = [[(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2]]
+        cumulative = np.maximum(np.repeat([m for m, _ in blocks], [int(w) for _, w in blocks]), 0.0)
+        out[i] = np.diff(np.concatenate([[0.0], cumulative]))
+    return out
+
+
 def read_histograms(metrics: Mapping[str, object]) -> np.ndarray | None:
-    """The (2, B) histograms in a site's reply, negative noised counts set to 0; None when
-    the reply has none (an older site, a multi-class task, withheld)."""
+    """The (2, B) histograms in a site's reply as consistent counts (`consistent_counts`:
+    noised counts may be negative); None when the reply has none (an older site, a
+    multi-class task, withheld)."""
     rows = []
     for k in (0, 1):
         value = metrics.get(histogram_key(k))
@@ -53,7 +74,7 @@ def read_histograms(metrics: Mapping[str, object]) -> np.ndarray | None:
         rows.append([float(v) for v in value])
     if len(rows[0]) != len(rows[1]) or not all(math.isfinite(v) for row in rows for v in row):
         return None
-    return np.maximum(np.asarray(rows, dtype=np.float64), 0.0)
+    return consistent_counts(np.asarray(rows, dtype=np.float64))
 
 
 def roc_from_histograms(hist: np.ndarray) -> tuple[list[float], list[float]]:

@@ -76,7 +76,8 @@ def test_histogram_metrics_equal_those_of_the_binned_scores():
 
 
 def test_the_pooled_threshold_maximises_balanced_accuracy():
-    from fedmed.common.metrics import choose_threshold, evaluation_round, histogram_key, histogram_metrics
+    from fedmed.common.metrics import (choose_threshold, consistent_counts, evaluation_round, histogram_key,
+                                       histogram_metrics)
 
     neg = [0.0] * 20
     pos = [0.0] * 20
@@ -91,4 +92,8 @@ def test_the_pooled_threshold_maximises_balanced_accuracy():
     assert histogram_metrics(np.array([neg, pos]), 0.5)["sensitivity"] == pytest.approx(0.9)
     # Noise can make counts negative: they are read as 0; a class without weight keeps 0.5.
     assert choose_threshold(np.array([[0.0] * 20, pos])) == 0.5
+    noised = np.array([[3.0, -2.0, 1.0, -4.0], [0.0, 5.0, -1.0, 2.0]])
+    counts = consistent_counts(noised)
+    assert (counts >= 0).all() and counts[1].sum() == pytest.approx(6.0)
+    assert np.array_equal(consistent_counts(np.array([neg, pos])), np.array([neg, pos]))
     assert evaluation_round({"old": {"accuracy": 0.7}}) == ({}, None)

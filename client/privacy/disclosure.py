@@ -14,7 +14,9 @@ held-out results in one of two ways (`PrivacyPolicy.private_metrics`, the site's
   the history entry (σ, 1, 1), charged to the ledger as its own ``gaussian`` row. Every
   other number of the reply -- the example count, loss, accuracy, AUC, sensitivity,
   specificity -- is derived from the noised histograms (post-processing: no extra ε).
-  Multi-class tasks release nothing private yet (all metrics NaN).
+  The site derives them as the coordinator does, from the noised counts made consistent
+  (non-negative, `fedmed.common.metrics.consistent_counts`). Multi-class tasks release
+  nothing private yet (all metrics NaN).
 * **open** (``--no-dp`` sites, or ``--no-dp-metrics`` for trials): the exact metrics and
   histograms, recorded as such. Then the small-cell rule of statistical disclosure control
   applies: while a held-out class has fewer than `MIN_CELL_SIZE` images, the per-class
@@ -28,7 +30,13 @@ from typing import Mapping
 
 import numpy as np
 
-from fedmed.common.metrics import classification_metrics, histogram_key, histogram_metrics, score_histograms
+from fedmed.common.metrics import (
+    classification_metrics,
+    consistent_counts,
+    histogram_key,
+    histogram_metrics,
+    score_histograms,
+)
 from fedmed.common.protocol import WEIGHT_KEY
 
 MIN_CELL_SIZE = 10
@@ -57,7 +65,7 @@ def private_release(probs: np.ndarray, labels: np.ndarray, noise_multiplier: flo
         return {WEIGHT_KEY: 0, **{name: math.nan for name in DERIVED}}
     exact = score_histograms(probs[:, 1], labels)
     noised = exact + rng.normal(0.0, noise_multiplier, size=exact.shape)
-    derived = histogram_metrics(np.maximum(noised, 0.0))
+    derived = histogram_metrics(consistent_counts(noised))
     return {
         WEIGHT_KEY: int(round(derived["num_examples"])),
         **{name: float(derived[name]) for name in DERIVED},

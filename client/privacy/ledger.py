@@ -148,6 +148,8 @@ MECHANISMS = (DP_SGD, GAUSSIAN, SETTLED, NEW_LEDGER, OPEN_RELEASE)
 SPENDING = (DP_SGD, GAUSSIAN)
 """Mechanisms whose rows add to ε; the others are records with 0 steps."""
 UNITS = ("image", "patient")
+RECORD_DELTA = 1e-5
+"""δ written on a new-ledger row, which spends nothing (ε 0 at any δ) but has the fields."""
 
 INFLIGHT_PREFIX = "privacy-inflight-"
 SPENT_MARKER_DIR = "cache"
@@ -612,7 +614,7 @@ class PrivacyLedger:
         self._settle_abandoned()
         if self._new_ledger_reason is not None and not self._entries:
             last = {"run": "admin", "round": 0, "mechanism": NEW_LEDGER, "unit": "image",
-                    "noise_multiplier": 1.0, "sample_rate": 1.0, "steps": 0, "delta": 1e-5,
+                    "noise_multiplier": 1.0, "sample_rate": 1.0, "steps": 0, "delta": RECORD_DELTA,
                     "accountant": ACCOUNTANT, "note": self._new_ledger_reason, "v": FORMAT_VERSION}
             self._write_row(last, 0.0)
         self._new_ledger_reason = None
