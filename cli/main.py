@@ -265,6 +265,7 @@ def client(
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the run's outputs).")] = False,
     no_dp_metrics: Annotated[bool, typer.Option("--no-dp-metrics", help="With DP on, send EXACT evaluation metrics, for trials (recorded in the ledger and the outputs).")] = False,
+    eval_share: Annotated[float, typer.Option("--eval-share", help="With DP on, the share of epsilon a run's noised evaluation metrics use (0-1).")] = 0.1,
     new_ledger: Annotated[Optional[str], typer.Option("--new-ledger", metavar="REASON", help="Start a new privacy ledger although this state folder shows the data was trained on; REASON is recorded in it.")] = None,
     classes: Classes = ",".join(DEFAULT_CLASSES),
     config_file: ConfigFile = None,
@@ -279,7 +280,7 @@ def client(
 
     try:
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
-                                private_metrics=not no_dp_metrics, new_ledger=new_ledger)
+                                private_metrics=not no_dp_metrics, eval_share=eval_share, new_ledger=new_ledger)
         code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
                                         insecure=insecure, certs=certs, approve=tuple(approve or ()),
                                         privacy=privacy, classes=parse_classes(classes)))
