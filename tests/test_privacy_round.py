@@ -82,6 +82,7 @@ def _rows(state: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- reserve
+@pytest.mark.slow
 def test_two_runs_on_one_state_folder_cannot_overspend(tmp_path, monkeypatch):
     """Run 2's whole round happens while run 1 trains: both plan for the full budget on the
     same empty ledger, and only one may spend it."""
@@ -167,6 +168,7 @@ def _crafted(config: FederationConfig, constant_class: int) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_no_reply_gives_the_coordinator_a_class_count(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
