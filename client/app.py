@@ -99,9 +99,9 @@ def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arr
 
 
 def _privacy_round(msg: Message, site: Site, data, config: FederationConfig) -> PrivacyRound:
-    return PrivacyRound.open(site.state_dir, data.fingerprint, site.privacy, site=site.name,
+    return PrivacyRound.open(site.state_dir, data, site.privacy, site=site.name,
                              run=str(msg.metadata.run_id), server_round=int(msg.content["config"]["server-round"]),
-                             total_rounds=config.rounds, n_train=len(data.train_y))
+                             total_rounds=config.rounds)
 
 
 def _train(msg: Message, context: Context, site: Site) -> Message:
@@ -125,8 +125,9 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
             return Message(content=_train_reply(site, SiteStatus(decision.status), decision.reason,
                                                 {"epsilon": decision.spent_epsilon}), reply_to=msg)
         with privacy_round.training() as plan:
+            train_x, train_y = privacy_round.training_records(data.train_x, data.train_y, data.train_patients)
             training = make_private_training(
-                model, optimizer, data.train_x, data.train_y, config.batch_size,
+                model, optimizer, train_x, train_y, config.batch_size,
                 plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
             result = training.train(config.epochs, device)
         weights = training.state_dict()

@@ -193,3 +193,32 @@ def test_a_client_restarted_mid_run_continues_its_ledger(synthetic_sites: Path, 
     assert ledger[0]["epsilon"] < ledger[1]["epsilon"] <= BUDGET
     assert first["epsilon"] == pytest.approx(ledger[0]["epsilon"])
     assert second["epsilon"] == pytest.approx(ledger[1]["epsilon"])
+
+
+def test_patient_level_privacy(synthetic_sites: Path, tmp_path: Path):
+    """`--privacy-unit patient`: one image per patient per round, the accountant's sample
+    rate over patients, every ledger row saying so, and ε as Google's PLD computes it."""
+    import math
+
+    from fedmed.client.sitedata import load_dicom_site
+    from pld_reference import pld_epsilon  # noqa: E402 — tests/ is on sys.path under pytest
+
+    state, config = tmp_path / "state", _config(rounds=1)
+    status = simulate(dicom_sites(synthetic_sites, state, PrivacyPolicy(epsilon=BUDGET, unit="patient")),
+                      config, tmp_path / "run")
+    assert status["status"] == "completed", status
+    data = load_dicom_site(synthetic_sites / "A", state / "A", config.image, config.classes,
+                           val_fraction=config.val_fraction, seed=config.seed)
+    patients = len(set(data.train_patients.tolist()))
+    assert patients < len(data.train_y)  # several images per patient
+    rows = _ledger_rows(state / "A")
+    assert {r["unit"] for r in rows} == {"patient"}
+    (training,) = [r for r in rows if r["mechanism"] == "dp-sgd"]
+    assert training["sample_rate"] == pytest.approx(1 / math.ceil(patients / config.batch_size))
+    assert training["data"] == data.patient_fingerprint != data.fingerprint
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+    assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)
+    assert rows[-1]["epsilon"] <= BUDGET
+    (row,) = read_metrics(tmp_path / "run")
+    # the train reply's count is the schedule's: ⌈P/B⌉·B, over patients
+    assert row["sites"]["A"]["num_train_examples"] == math.ceil(patients / config.batch_size) * config.batch_size

@@ -97,6 +97,7 @@ from .accounting import ACCOUNTANT, ACCOUNTANTS, Accountant, AccountingError, Hi
 from .accounting import check_entry, epsilon
 from .budget import BudgetDecision, decide_round
 from .planning import PLAN_FILE, load_plan
+from .policy import PRIVACY_UNITS
 
 LEDGER_NAME = "privacy-ledger.jsonl"
 HEAD_NAME = "privacy-ledger.head"
@@ -147,7 +148,7 @@ OPEN_RELEASE = "open-release"
 MECHANISMS = (DP_SGD, GAUSSIAN, SETTLED, NEW_LEDGER, OPEN_RELEASE)
 SPENDING = (DP_SGD, GAUSSIAN)
 """Mechanisms whose rows add to ε; the others are records with 0 steps."""
-UNITS = ("image", "patient")
+UNITS = PRIVACY_UNITS
 RECORD_DELTA = 1e-5
 """δ written on a new-ledger row, which spends nothing (ε 0 at any δ) but has the fields."""
 

@@ -20,6 +20,9 @@ from typing import Any, Mapping
 DEFAULT_EPSILON = 8.0
 DEFAULT_MAX_GRAD_NORM = 1.0
 DEFAULT_MAX_NOISE_MULTIPLIER = 10.0
+PRIVACY_UNITS = ("image", "patient")
+"""What one privacy unit is: one image (record-level DP-SGD) or one patient (one image per
+patient per round, so that a patient is one record; `fedmed.client.privacy.round`)."""
 DEFAULT_EVAL_SHARE = 0.1
 """Share of ε the per-round evaluation releases of one run compose to on their own."""
 
@@ -34,6 +37,7 @@ class PrivacyPolicy:
     private_metrics: bool = True
     eval_share: float = DEFAULT_EVAL_SHARE
     new_ledger: str | None = None
+    unit: str = "image"
 
     def delta_for(self, n_train: int) -> float:
         """The site's δ: its own, else `default_delta` of its training-set size."""
@@ -51,6 +55,8 @@ class PrivacyPolicy:
                 raise ValueError(f"--max-grad-norm: expected a positive norm, got {self.max_grad_norm}")
             if not self.max_noise_multiplier > 0:
                 raise ValueError(f"--max-noise: expected a positive cap, got {self.max_noise_multiplier}")
+            if self.unit not in PRIVACY_UNITS:
+                raise ValueError(f"--privacy-unit: expected one of {', '.join(PRIVACY_UNITS)}, got {self.unit!r}")
             if not 0 < self.eval_share < 1:
                 raise ValueError(f"--eval-share: expected a share of the budget in (0, 1), got {self.eval_share}")
 
@@ -58,7 +64,8 @@ class PrivacyPolicy:
         """As SuperNode node-config entries (TOML values)."""
         config = {"dp": self.enabled, "epsilon": float(self.epsilon), "delta": float(self.delta or 0.0),
                   "max-grad-norm": float(self.max_grad_norm), "max-noise": float(self.max_noise_multiplier),
-                  "dp-metrics": self.private_metrics, "eval-share": float(self.eval_share)}
+                  "dp-metrics": self.private_metrics, "eval-share": float(self.eval_share),
+                  "privacy-unit": self.unit}
         if self.new_ledger:
             config["new-ledger"] = self.new_ledger
         return config
@@ -75,4 +82,5 @@ class PrivacyPolicy:
             private_metrics=bool(config.get("dp-metrics", True)),
             eval_share=float(config.get("eval-share", DEFAULT_EVAL_SHARE)),
             new_ledger=str(config["new-ledger"]) if config.get("new-ledger") else None,
+            unit=str(config.get("privacy-unit", "image")),
         )

@@ -8,6 +8,17 @@ wraps the training itself and marks the reservation reported back (a process tha
 inside it leaves the reservation to be settled, counted, on the next open);
 `release_evaluation` is the same for the round's evaluation metrics
 (`fedmed.client.privacy.disclosure`). Every number the round sends is in its ledger.
+
+The privacy unit (`PrivacyPolicy.unit`) is an image or a patient. With ``patient``, the
+round trains on one image per patient, drawn afresh each round with the site's secret
+(`training_records`): a patient is then exactly one record of the round's DP-SGD, so the
+record-level guarantee -- Poisson sampling at q = 1/⌈P/B⌉ over the P patients, clipping,
+noise -- holds per patient (adding or removing a patient changes one record of every
+round; the draw of the other patients' images does not depend on that patient). It is the
+"one example per user" form of user-level DP-SGD (McMahan et al. 2018, "Learning
+Differentially Private Recurrent Language Models", sample users, bound each user's
+contribution). The ledger's data set is then the site's patients
+(`SiteData.patient_fingerprint`), δ is set from P, and every row records the unit.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from .dp_sgd import dp_schedule
 from .ledger import GAUSSIAN, OPEN_RELEASE, LedgerEntry, PrivacyLedger, Reservation
 from .planning import RunPlan, load_plan, plan_noise_multiplier, plan_release_noise, save_plan
 from .policy import PrivacyPolicy
+from fedmed.client.errors import SafeError
 from fedmed.common.protocol import WEIGHT_KEY
 
 SECRET_FILE = "privacy-secret"
@@ -34,11 +46,16 @@ SECRET_FILE = "privacy-secret"
 so noise drawn from it alone would be noise it can subtract."""
 
 
+class PrivacyUnitError(SafeError, ValueError):
+    """The site's privacy unit cannot be applied to its data."""
+
+
 class PrivacyRound:
     """One round of one run at a site with DP on (see the module docstring)."""
 
     def __init__(self, ledger: PrivacyLedger, policy: PrivacyPolicy, site: str, run: str,
                  server_round: int, total_rounds: int, n_train: int) -> None:
+        """``n_train``: training records in the policy's unit (images, or patients)."""
         self.ledger = ledger
         self.policy = policy
         self.site = site
@@ -52,10 +69,29 @@ class PrivacyRound:
         self.entry: LedgerEntry | None = None
 
     @classmethod
-    def open(cls, state_dir: Path, data_fingerprint: str, policy: PrivacyPolicy, *, site: str,
-             run: str, server_round: int, total_rounds: int, n_train: int) -> "PrivacyRound":
-        ledger = PrivacyLedger.open(state_dir, data_fingerprint, new_ledger=policy.new_ledger)
+    def open(cls, state_dir: Path, data, policy: PrivacyPolicy, *, site: str, run: str,
+             server_round: int, total_rounds: int) -> "PrivacyRound":
+        """The round for a site's `SiteData`, in the policy's privacy unit."""
+        if policy.unit == "patient":
+            if data.train_patients is None or data.patient_fingerprint is None:
+                raise PrivacyUnitError("--privacy-unit patient: this site's data has no patient IDs; "
+                                       "use --privacy-unit image")
+            fingerprint, n_train = data.patient_fingerprint, len(set(data.train_patients.tolist()))
+        else:
+            fingerprint, n_train = data.fingerprint, len(data.train_y)
+        ledger = PrivacyLedger.open(state_dir, fingerprint, new_ledger=policy.new_ledger)
         return cls(ledger, policy, site, str(run), server_round, total_rounds, n_train)
+
+    def training_records(self, x: np.ndarray, y: np.ndarray, patients: np.ndarray | None):
+        """The round's training records: every image, or one image per patient."""
+        if self.policy.unit != "patient":
+            return x, y
+        rng = np.random.default_rng(self._secret_seed("patient-images"))
+        by_patient: dict[str, list[int]] = {}
+        for index, patient in enumerate(patients.tolist()):
+            by_patient.setdefault(str(patient), []).append(index)
+        chosen = np.array([rng.choice(indices) for _, indices in sorted(by_patient.items())], dtype=np.int64)
+        return x[chosen], y[chosen]
 
     @property
     def state_dir(self) -> Path:
@@ -72,9 +108,9 @@ class PrivacyRound:
         eval_share = self.policy.eval_share if self.policy.private_metrics else None
         saved = load_plan(self.state_dir)
         wanted = (self.run, schedule.sample_rate, steps, self.delta, self.policy.epsilon,
-                  self.ledger.data_fingerprint, eval_share)
+                  self.ledger.data_fingerprint, eval_share, self.policy.unit)
         if saved is not None and (saved.run, saved.sample_rate, saved.steps_per_round, saved.delta,
-                                  saved.target_epsilon, saved.data, saved.eval_share) == wanted:
+                                  saved.target_epsilon, saved.data, saved.eval_share, saved.unit) == wanted:
             self._plan = saved
             return saved
         release = None
@@ -87,7 +123,7 @@ class PrivacyRound:
         self._plan = RunPlan(run=self.run, noise_multiplier=sigma, sample_rate=schedule.sample_rate,
                              steps_per_round=steps, delta=self.delta, target_epsilon=self.policy.epsilon,
                              planned_rounds=rounds_left, data=self.ledger.data_fingerprint,
-                             release_noise=release, eval_share=eval_share)
+                             release_noise=release, eval_share=eval_share, unit=self.policy.unit)
         save_plan(self.state_dir, self._plan)
         return self._plan
 
@@ -101,12 +137,13 @@ class PrivacyRound:
                 f"remaining budget cannot fit one round at noise <= {self.policy.max_noise_multiplier:g} "
                 f"(spent {spent:.3f} of {self.policy.epsilon:g})", self.policy.epsilon, self.delta, spent)
         decision, self._reservation = self.ledger.reserve(
-            self.run, self.server_round, plan.round_entry, plan.delta, self.policy.epsilon)
+            self.run, self.server_round, plan.round_entry, plan.delta, self.policy.epsilon, unit=self.policy.unit)
         if decision.train:
             self.entry = self._reservation.entry
             if self.server_round == 1 or plan.planned_rounds == self.total_rounds - self.server_round + 1:
                 self._say(f"DP-SGD plan: noise multiplier {plan.noise_multiplier:.2f}, q={plan.sample_rate:.4f}, "
-                          f"{plan.steps_per_round} steps/round for {plan.planned_rounds} round(s)"
+                          f"{plan.steps_per_round} steps/round for {plan.planned_rounds} round(s), "
+                          f"one {self.policy.unit} per record ({self.n_train} in training)"
                           + (f", metric releases at noise {plan.release_noise:.2f}" if plan.release_noise else "")
                           + f", budget epsilon={self.policy.epsilon:g} delta={plan.delta:.0e} "
                           f"(already spent {decision.spent_epsilon:.3f})")
@@ -140,7 +177,8 @@ class PrivacyRound:
         if plan.release_noise is None or probs.shape[1] != 2:
             return None, withheld
         decision, _ = self.ledger.reserve(self.run, self.server_round, plan.release_entry(), plan.delta,
-                                          self.policy.epsilon, mechanism=GAUSSIAN, in_flight=False)
+                                          self.policy.epsilon, mechanism=GAUSSIAN, unit=self.policy.unit,
+                                          in_flight=False)
         if not decision.train:
             return decision, withheld
         rng = np.random.default_rng(self._secret_seed("release"))
