@@ -66,8 +66,11 @@ def private_release(probs: np.ndarray, labels: np.ndarray, noise_multiplier: flo
     exact = score_histograms(probs[:, 1], labels)
     noised = exact + rng.normal(0.0, noise_multiplier, size=exact.shape)
     derived = histogram_metrics(consistent_counts(noised))
+    # At least 1 for a split that has images: the noised count of a small split is often
+    # near 0, and a weight of 0 would drop the site from every mean (post-processing).
+    count = max(1, int(round(derived["num_examples"]))) if len(labels) else 0
     return {
-        WEIGHT_KEY: int(round(derived["num_examples"])),
+        WEIGHT_KEY: count,
         **{name: float(derived[name]) for name in DERIVED},
         **{histogram_key(k): [float(v) for v in noised[k]] for k in (0, 1)},
     }
