@@ -55,6 +55,7 @@ epsilon = 8.0
 # delta = 1e-6                   # default: 1/(10 N) rounded down, at most 1e-5
 max-grad-norm = 1.0
 # no-dp = true                   # train WITHOUT differential privacy (recorded in the run)
+# no-dp-metrics = true           # with DP on, send EXACT evaluation metrics (trials; recorded)
 """
 
 EXAMPLES = {"federation.toml": FEDERATION_EXAMPLE, "site.toml": SITE_EXAMPLE}

@@ -158,6 +158,8 @@ def simulate(
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the outputs).")] = False,
+    no_dp_metrics: Annotated[bool, typer.Option("--no-dp-metrics", help="With DP on, sites send EXACT evaluation metrics, for trials (recorded).")] = False,
+    privacy_unit: Annotated[str, typer.Option("--privacy-unit", help="What DP protects: 'image' (each image) or 'patient' (one image per patient per round; needs patient IDs).")] = "image",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")] = False,
     tensorboard: TensorBoard = None,
     config_file: ConfigFile = None,
@@ -179,7 +181,8 @@ def simulate(
         _fail("give exactly one of --data DIR or --npz FILE")
     state_root = state or (out / "state")
     try:
-        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
+        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+                                private_metrics=not no_dp_metrics, unit=privacy_unit)
         if data is not None:
             site_list = dicom_sites(data, state_root, privacy)
             size = image_size or 64
@@ -297,6 +300,10 @@ def client(
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5, N = training images).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the run's outputs).")] = False,
+    no_dp_metrics: Annotated[bool, typer.Option("--no-dp-metrics", help="With DP on, send EXACT evaluation metrics, for trials (recorded in the ledger and the outputs).")] = False,
+    privacy_unit: Annotated[str, typer.Option("--privacy-unit", help="What DP protects: 'image' (each image) or 'patient' (one image per patient per round; needs patient IDs).")] = "image",
+    eval_share: Annotated[float, typer.Option("--eval-share", help="With DP on, the share of epsilon a run's noised evaluation metrics use (0-1).")] = 0.1,
+    new_ledger: Annotated[Optional[str], typer.Option("--new-ledger", metavar="REASON", help="Start a new privacy ledger although this state folder shows the data was trained on; REASON is recorded in it.")] = None,
     classes: Classes = ",".join(DEFAULT_CLASSES),
     config_file: ConfigFile = None,
 ) -> None:
@@ -309,7 +316,9 @@ def client(
     from fedmed.client.supernode import ClientOptions, ClientSetupError, run_client
 
     try:
-        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
+        privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+                                private_metrics=not no_dp_metrics, eval_share=eval_share, new_ledger=new_ledger,
+                                unit=privacy_unit)
         code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
                                         insecure=insecure, certs=certs, approve=tuple(approve or ()),
                                         privacy=privacy, classes=parse_classes(classes)))

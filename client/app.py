@@ -21,12 +21,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmed.client.privacy.disclosure import suppress_small_cells
+from fedmed.client.privacy.disclosure import open_release
 from fedmed.client.privacy.dp_sgd import make_private_training
-from fedmed.client.privacy.ledger import LedgerError, PrivacyLedger
-from fedmed.client.privacy.run_plan import decide, plan_run
+from fedmed.client.privacy.ledger import LedgerError
+from fedmed.client.privacy.round import PrivacyRound
 from fedmed.client.site import Site, site_from_node_config
-from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
+from fedmed.client.training import make_loader, make_optimizer, pick_device, predict_proba, round_seed, train_local
 from fedmed.common.federation import FederationConfig
 from fedmed.common.freezing import apply_freeze
 from fedmed.common.models import build_model
@@ -88,8 +88,9 @@ def _global_model(msg: Message, config: FederationConfig) -> torch.nn.Module:
 
 def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arrays=None) -> RecordDict:
     # Every train reply carries the same metric keys (FedAvg refuses mixed key sets);
-    # undefined values are NaN.
-    record = {WEIGHT_KEY: 0, "train_loss": math.nan, "train_seconds": 0.0, "steps": 0,
+    # undefined values are NaN. No training loss: it is a statistic of the training
+    # images that no noise covers (a crafted model turns it into a class count).
+    record = {WEIGHT_KEY: 0, "train_seconds": 0.0, "steps": 0,
               "dp": 1 if site.privacy.enabled else 0, "epsilon": math.nan,
               "noise_multiplier": math.nan, "delta": math.nan}
     record.update(metrics)
@@ -97,6 +98,12 @@ def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arr
     if arrays is not None:
         content[ARRAYS_KEY] = arrays
     return RecordDict(content)
+
+
+def _privacy_round(msg: Message, site: Site, data, config: FederationConfig) -> PrivacyRound:
+    return PrivacyRound.open(site.state_dir, data, site.privacy, site=site.name,
+                             run=str(msg.metadata.run_id), server_round=int(msg.content["config"]["server-round"]),
+                             total_rounds=config.rounds)
 
 
 def _train(msg: Message, context: Context, site: Site) -> Message:
@@ -115,37 +122,26 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     if not site.privacy.enabled:
         loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
         result = train_local(model, loader, optimizer, config.epochs, device)
-        weights, privacy = model.cpu().state_dict(), {}
+        weights, privacy, count = model.cpu().state_dict(), {}, result.num_examples
     else:
-        ledger = PrivacyLedger.open(site.state_dir, data.fingerprint)
-        plan = plan_run(ledger, site.privacy, run=str(msg.metadata.run_id), server_round=server_round,
-                        total_rounds=config.rounds, n_train=len(data.train_y),
-                        batch_size=config.batch_size, epochs=config.epochs, state_dir=site.state_dir)
-        decision = decide(ledger, site.privacy, plan)
+        privacy_round = _privacy_round(msg, site, data, config)
+        decision = privacy_round.reserve_training(config.batch_size, config.epochs)
         if not decision.train:
-            print(f"[fedmed site {site.name}] round {server_round}: not training: {decision.reason}",
-                  file=sys.stderr)
-            return Message(content=_train_reply(
-                site, SiteStatus(decision.status), decision.reason,
-                {"epsilon": decision.spent_epsilon}), reply_to=msg)
-        if server_round == 1 or plan.planned_rounds == config.rounds - server_round + 1:
-            print(f"[fedmed site {site.name}] DP-SGD plan: noise multiplier {plan.noise_multiplier:.2f}, "
-                  f"q={plan.sample_rate:.4f}, {plan.steps_per_round} steps/round for "
-                  f"{plan.planned_rounds} round(s), budget epsilon={site.privacy.epsilon:g} "
-                  f"delta={plan.delta:.0e} (already spent {decision.spent_epsilon:.3f})", file=sys.stderr)
-        training = make_private_training(
-            model, optimizer, data.train_x, data.train_y, config.batch_size,
-            plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
-        result = training.train(config.epochs, device)
-        # The spend is recorded before the update leaves the site: a crash in between
-        # over-counts, never under-counts.
-        entry = ledger.append(str(msg.metadata.run_id), server_round, plan.noise_multiplier,
-                              plan.sample_rate, plan.steps_per_round, plan.delta, "prv")
+            return Message(content=_train_reply(site, SiteStatus(decision.status), decision.reason,
+                                                {"epsilon": decision.spent_epsilon}), reply_to=msg)
+        with privacy_round.training() as plan:
+            train_x, train_y = privacy_round.training_records(data.train_x, data.train_y, data.train_patients)
+            training = make_private_training(
+                model, optimizer, train_x, train_y, config.batch_size,
+                plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
+            result = training.train(config.epochs, device)
         weights = training.state_dict()
-        privacy = {"epsilon": entry.epsilon, "noise_multiplier": plan.noise_multiplier,
+        privacy = {"epsilon": decision.epsilon_after, "noise_multiplier": plan.noise_multiplier,
                    "delta": plan.delta}
-    metrics = {WEIGHT_KEY: result.num_examples, "train_loss": result.loss,
-               "train_seconds": time.perf_counter() - started, "steps": result.steps, **privacy}
+        # The count as the schedule already shows it (steps = ⌈N/B⌉ per epoch), not N.
+        count = training.schedule.steps_per_epoch * config.batch_size
+    metrics = {WEIGHT_KEY: count, "train_seconds": time.perf_counter() - started,
+               "steps": result.steps, **privacy}
     content = _train_reply(site, SiteStatus.OK, "", metrics, ArrayRecord(weights))
     return Message(content=content, reply_to=msg)
 
@@ -155,12 +151,17 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     data = _site_data(site, config)
     model = _global_model(msg, config)
     started = time.perf_counter()
-    # A class with few held-out images would be countable from the per-class rates.
-    values = suppress_small_cells(evaluate(model, data.val_x, data.val_y, pick_device()),
-                                  data.val_y, len(config.classes))
-    metrics = MetricRecord({WEIGHT_KEY: int(len(data.val_y)), **values,
-                            "eval_seconds": time.perf_counter() - started})
-    content = RecordDict({METRICS_KEY: metrics, SITE_KEY: _site_record(site.name, SiteStatus.OK)})
+    probs = predict_proba(model, data.val_x, pick_device())
+    status, reason = SiteStatus.OK, ""
+    if not site.privacy.enabled:
+        values = {**open_release(probs, data.val_y), "dp_metrics": 0}
+    else:
+        refused, values = _privacy_round(msg, site, data, config).release_evaluation(
+            probs, data.val_y, config.batch_size, config.epochs)
+        if refused is not None:
+            status, reason = SiteStatus(refused.status), refused.reason
+    metrics = MetricRecord({**values, "eval_seconds": time.perf_counter() - started})
+    content = RecordDict({METRICS_KEY: metrics, SITE_KEY: _site_record(site.name, status, reason)})
     return Message(content=content, reply_to=msg)
 
 

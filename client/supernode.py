@@ -169,6 +169,9 @@ def run_client(options: ClientOptions) -> int:
     if options.privacy.enabled:
         print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
               "for all runs on this data (the privacy ledger is in the state folder)", flush=True)
+        if not options.privacy.private_metrics:
+            print(f"site {options.site}: evaluation metrics are sent EXACTLY (--no-dp-metrics); "
+                  "each release is recorded in the ledger", flush=True)
     else:
         print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run", flush=True)
     state_dir = Path(options.state_dir or default_state_dir(options.site))

@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord
 
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
-from fedmed.common.metrics import METRIC_NAMES, aggregate_sites
+from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, evaluation_round
 from fedmed.common.operating_point import ARGMAX_RULE, SITES_RULE, threshold_from_round
 from fedmed.server.strategy.fedavg import SiteReply
 
@@ -48,6 +48,8 @@ def _clean(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
 
 
@@ -165,7 +167,7 @@ class RunRecorder:
             entry["status"] = reply.status
             if reply.reason:
                 entry["reason"] = reply.reason
-            for key in ("train_loss", "train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
+            for key in ("train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
                 if key in reply.metrics:
                     entry[key] = float(reply.metrics[key])
             if "num-examples" in reply.metrics:
@@ -178,14 +180,27 @@ class RunRecorder:
                 entry.setdefault("eval_status", reply.status)
                 continue
             entry["num_examples"] = int(reply.metrics.get("num-examples", 0))
-            for name in (*METRIC_NAMES, "eval_seconds"):
+            for name in (*METRIC_NAMES, "balanced_accuracy", "eval_seconds"):
                 if name in reply.metrics:
                     entry[name] = float(reply.metrics[name])
+            for name in ("confusion", "roc"):
+                if name in reply.metrics:
+                    entry[name] = reply.metrics[name]
+            if "dp_metrics" in reply.metrics:
+                entry["dp_metrics"] = bool(reply.metrics["dp_metrics"])
+            if "epsilon" in reply.metrics:  # the release's row comes after the round's training
+                entry["epsilon"] = max(float(reply.metrics["epsilon"]), entry.get("epsilon", 0.0))
         evaluated_sites = {k: v for k, v in sites.items() if "num_examples" in v}
+        aggregate = aggregate_sites(evaluated_sites)
+        _, pooled = evaluation_round({r.site: r.metrics for r in evaluated if r.status == "ok"})
+        if pooled is not None:
+            aggregate.update({name: pooled[name] for name in (
+                "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "confusion", "roc",
+                "threshold")})
         return {
             "round": server_round,
             "sites": dict(sorted(sites.items())),
-            "aggregate": aggregate_sites(evaluated_sites),
+            "aggregate": aggregate,
             "privacy": privacy_summary(sites),
             "seconds": time.perf_counter() - self._round_started,
         }

@@ -39,6 +39,19 @@ def test_a_count_is_bounded_by_the_others_and_by_its_own_declaration():
     assert restored.declared == counts.declared
 
 
+def test_noised_evaluation_counts_are_held_to_proportion_not_to_a_declaration():
+    # With DP on, a site's evaluation count is read off noised histograms: it moves from
+    # round to round, so only the proportion rule applies to it.
+    counts = DeclaredCounts(max_example_ratio=100, holds_to_declaration=False)
+    assert counts.screen({"A": 90, "B": 100}) == {}
+    assert counts.screen({"A": 97, "B": 104}) == {}
+    assert counts.screen({"A": 97, "B": 10**9})["B"].startswith("num-examples-out-of-proportion")
+    assert counts.to_dict() == {}
+    training = DeclaredCounts(max_example_ratio=100)
+    training.screen({"A": 90, "B": 100})
+    assert training.screen({"A": 97, "B": 100}) == {"A": "num-examples-above-declared:97>90"}
+
+
 @pytest.mark.parametrize("lie", [1e9, math.nan, 0, -3, 12.5])
 def test_a_lying_count_is_left_out_named_and_audited(tmp_path, lie):
     audit = AuditLog(tmp_path)

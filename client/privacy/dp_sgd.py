@@ -75,8 +75,7 @@ MEASURED_BEST_MODE: dict[tuple[str, str], str] = {
 
 _MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (ResNet, "resnet18"))
 
-ACCOUNTANT = "prv"
-"""The accountant handed to Opacus' engine (the site's default too); see module docstring."""
+from .accounting import ACCOUNTANT  # noqa: E402 -- handed to Opacus' engine; see module docstring
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .report import SkipReport
 from .scan import SiteFile, scan_site
 from .split import split_by_patient
 
-__all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "load_dicom_site"]
+__all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "load_dicom_site", "patient_fingerprint"]
 
 OTHER_MODALITY = "modality not in the run's list"
 
@@ -35,6 +35,10 @@ class SiteData:
 
     fingerprint: sha256 hex identifying the site's data set (see `data_fingerprint`),
         for the site's privacy ledger.
+    train_patients: the patient of each training image (stays at the site), for
+        per-patient DP; None where the data has no patients.
+    patient_fingerprint: sha256 hex over the site's patients (`patient_fingerprint`), the
+        ledger's data set when the privacy unit is the patient.
     """
 
     classes: tuple[str, ...]
@@ -45,6 +49,8 @@ class SiteData:
     num_patients: dict[str, int]  # {"train": .., "val": ..}
     skipped: SkipReport
     fingerprint: str
+    train_patients: np.ndarray | None = None
+    patient_fingerprint: str | None = None
 
 
 def load_dicom_site(
@@ -120,6 +126,8 @@ def load_dicom_site(
         },
         skipped=skipped,
         fingerprint=fingerprint,
+        train_patients=np.asarray([per_image[i].patient for i in train], dtype=object),
+        patient_fingerprint=patient_fingerprint(usable),
     )
 
 
@@ -163,3 +171,12 @@ def data_fingerprint(files: Sequence[SiteFile]) -> str:
     a site's budget. Stays at the site."""
     uids = sorted(f.sop_uid for f in files)
     return hashlib.sha256(json.dumps(uids).encode()).hexdigest()
+
+
+def patient_fingerprint(files: Sequence[SiteFile]) -> str:
+    """sha256 hex over the sorted patients of every usable image at the site. With the
+    patient as privacy unit the ledger is spent on patients: new images of the same
+    patients leave it unchanged (their budget carries on), a new patient makes a new data
+    set. Stays at the site."""
+    patients = sorted({str(f.patient) for f in files})
+    return hashlib.sha256(json.dumps(["patients", patients]).encode()).hexdigest()

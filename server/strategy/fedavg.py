@@ -27,6 +27,7 @@ going when every site failed. This subclass adds what a coordinator needs:
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedmed.common.metrics import aggregate_sites, evaluation_round
 from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
 from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
@@ -128,7 +130,8 @@ class SiteAwareFedAvg(FedAvg):
         self._sampled: set[int] = set()
         self._sent: list[Message] = []
         # Example counts each site declared this run, for training and for evaluation.
-        self.counts = {stage: DeclaredCounts(self.limits.max_example_ratio) for stage in ("train", "evaluate")}
+        self.counts = {"train": DeclaredCounts(self.limits.max_example_ratio),
+                       "evaluate": DeclaredCounts(self.limits.max_example_ratio, holds_to_declaration=False)}
 
     # --- state a resumed run needs ------------------------------------------------
     # Server-side optimiser moments of adaptive subclasses (Flower's FedOpt family).
@@ -236,7 +239,8 @@ class SiteAwareFedAvg(FedAvg):
     def _screen_counts(self, server_round: int, stage: str, read: list[tuple[Message | None, SiteReply]]) -> None:
         """Mark rejected the "ok" replies whose example count fails `reply_checks`; the
         untrusted count is dropped so that nothing downstream uses it."""
-        ok = [reply for _, reply in read if reply.status == SiteStatus.OK.value]
+        ok = [reply for _, reply in read if reply.status == SiteStatus.OK.value
+              and not (stage == "evaluate" and _reports_nothing(reply.metrics))]
         for _, reply in read:
             if reply.status != SiteStatus.OK.value and count_problem(reply.metrics.get(WEIGHT_KEY)):
                 reply.metrics.pop(WEIGHT_KEY, None)  # a declined or failed site's count means nothing
@@ -342,13 +346,33 @@ class SiteAwareFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate as FedAvg does; hand per-site metrics to the observer."""
+        """Derive every site's metrics from its score histograms at the round's pooled
+        operating threshold (`fedmed.common.metrics.evaluation_round`); hand them to the
+        observer; return the pooled metrics (or, without histograms, the example-weighted
+        means)."""
         server_round += self.round_offset
         read = self._read(replies)
         self._screen_counts(server_round, "evaluate", read)
         usable = [m for m, r in read if r.status == SiteStatus.OK.value]
         recorded = [reply for _, reply in read]
-        metrics = super().aggregate_evaluate(server_round, usable) if usable else None
+        ok = {r.site: r.metrics for r in recorded if r.status == SiteStatus.OK.value}
+        per_site, pooled = evaluation_round(ok)
+        for reply in recorded:
+            if reply.site in per_site:
+                reply.metrics.update(per_site[reply.site])
         if self.on_evaluate is not None:
             self.on_evaluate(server_round, recorded, None)
-        return metrics
+        if pooled is not None:
+            return MetricRecord({k: float(v) for k, v in pooled.items() if isinstance(v, (int, float))})
+        scalars = {site: {"num_examples": m.get("num-examples", 0),
+                          **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+                   for site, m in ok.items()}
+        return MetricRecord(aggregate_sites(scalars)) if scalars else None
+
+
+def _reports_nothing(metrics: dict[str, Any]) -> bool:
+    """An evaluation a site withheld (a DP task with more than two classes, an empty
+    held-out split): count 0 and no finite value, so nothing in it can weigh anything."""
+    return metrics.get(WEIGHT_KEY) == 0 and not any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in metrics.items() if k not in (WEIGHT_KEY, "dp_metrics", "eval_seconds"))

@@ -10,11 +10,13 @@ and in the audit log.
 A count must be:
 
 1. a number, finite, a whole number and at least 1 (`count_problem`);
-2. no larger than the count the site *declared* this run: the first count the
-   coordinator accepted from it (for training and for evaluation separately). A site's
-   training and validation splits are fixed by its data and seed, so an honest count
-   never grows within a run; the declarations are part of the strategy's state and
-   survive `--resume`;
+2. for training replies, no larger than the count the site *declared* this run: the
+   first count the coordinator accepted from it. A site's training split is fixed by its
+   data and seed, so an honest count never grows within a run; the declarations are part
+   of the strategy's state and survive `--resume`. Evaluation replies are not held to a
+   declaration: with DP on, a site's evaluation count is read off its noised score
+   histograms and moves from round to round by design (`client/privacy/disclosure.py`);
+   it weighs only the reported means, never the model;
 3. no larger than `max_example_ratio` (default 100, `--max-example-ratio`) times the
    median count of the *other* sites answering the same round. This is what stops a
    site that lies from its very first reply. The default leaves room for real
@@ -54,6 +56,8 @@ class DeclaredCounts:
 
     max_example_ratio: float = DEFAULT_MAX_EXAMPLE_RATIO
     declared: dict[str, int] = field(default_factory=dict)
+    # False for evaluation replies, whose honest counts are noised (see rule 2).
+    holds_to_declaration: bool = True
 
     def screen(self, counts: dict[str, Any]) -> dict[str, str]:
         """{site: reason} for the counts refused among one round's {site: count}; the
@@ -61,7 +65,7 @@ class DeclaredCounts:
         refused = {site: problem for site, value in counts.items() if (problem := count_problem(value))}
         valid = {site: int(value) for site, value in counts.items() if site not in refused}
         for site, n in valid.items():
-            limit = self.declared.get(site)
+            limit = self.declared.get(site) if self.holds_to_declaration else None
             if limit is not None and n > limit:
                 refused[site] = f"num-examples-above-declared:{n}>{limit}"
                 continue
@@ -70,7 +74,7 @@ class DeclaredCounts:
                 refused[site] = (f"num-examples-out-of-proportion:{n}>{self.max_example_ratio:g}"
                                  f"x{statistics.median(others):g}")
         for site, n in valid.items():
-            if site not in refused:
+            if site not in refused and self.holds_to_declaration:
                 self.declared.setdefault(site, n)
         return refused
 
