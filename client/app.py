@@ -133,7 +133,8 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
             train_x, train_y = privacy_round.training_records(data.train_x, data.train_y, data.train_patients)
             training = make_private_training(
                 model, optimizer, train_x, train_y, config.batch_size,
-                plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
+                plan.noise_multiplier, site.privacy.max_grad_norm, privacy_round.training_seed(),
+                model_name=config.model)
             result = training.train(config.epochs, device)
         weights = training.state_dict()
         privacy = {"epsilon": decision.epsilon_after, "noise_multiplier": plan.noise_multiplier,

@@ -61,6 +61,10 @@ def simulate(
         raise ValueError(f"min sites: the federation needs {config.min_sites} sites, "
                          f"the simulation has {len(sites)}")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from fedmed.client.privacy.round import key_simulated_site
+
+    for site in sites:  # reproducible DP randomness: one person holds every simulated site
+        key_simulated_site(site.state_dir, config.seed, site.name)
     by_partition = dict(enumerate(sites))
 
     def resolve(context) -> Site:

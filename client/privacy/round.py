@@ -42,8 +42,9 @@ from fedmed.client.errors import SafeError
 from fedmed.common.protocol import WEIGHT_KEY
 
 SECRET_FILE = "privacy-secret"
-"""Random bytes that key the site's release noise: the coordinator knows the run's seed,
-so noise drawn from it alone would be noise it can subtract."""
+"""Random bytes that key the site's DP randomness (DP-SGD's Poisson sampling and noise, the
+release noise, the per-patient image draw): the coordinator knows the run's seed, so
+randomness drawn from it alone would be sampling it can replay and noise it can subtract."""
 
 
 class PrivacyUnitError(SafeError, ValueError):
@@ -185,6 +186,12 @@ class PrivacyRound:
         return None, {**private_release(probs, labels, plan.release_noise, rng), "dp_metrics": 1,
                       "epsilon": decision.epsilon_after}
 
+    def training_seed(self) -> int:
+        """DP-SGD's seed (Poisson sampling, noise, dropout) for this round: keyed by the
+        site's secret, so the coordinator cannot replay the sampling or subtract the noise
+        (the guarantee assumes both are hidden from it; Abadi et al. 2016, §3.1)."""
+        return self._secret_seed("dp-sgd") % 2**63
+
     # ------------------------------------------------------------------ helpers
     def _secret_seed(self, purpose: str) -> int:
         digest = hashlib.sha256(
@@ -194,6 +201,23 @@ class PrivacyRound:
 
     def _say(self, text: str) -> None:
         print(f"[fedmed site {self.site}] {text}", file=sys.stderr)
+
+
+def key_simulated_site(state_dir: Path, seed: int, site: str) -> None:
+    """Key a *simulated* site's DP randomness from the simulation's seed, so that a
+    researcher's simulation is reproducible. Only for simulations, where one person holds
+    every site's data: a real site's key is random bytes, made on first use. A state folder
+    that already has a key keeps it."""
+    path = Path(state_dir) / SECRET_FILE
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(hashlib.sha256(f"fedmed-simulation:{seed}:{site}".encode()).digest())
 
 
 def _site_secret(state_dir: Path) -> bytes:
