@@ -211,7 +211,7 @@ def simulate(
 @server_app.command("start")
 def server_start(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for metrics, checkpoints, the final model and the audit log.")] = None,
-    address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to.")] = "127.0.0.1:9092",
+    address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to (port 0: a free port, printed at start).")] = "127.0.0.1:9092",
     certs: Annotated[Optional[Path], typer.Option("--certs", help="Folder with ca.crt, server.crt, server.key (fedmed certs init).")] = None,
     sites_dir: Annotated[Optional[Path], typer.Option("--sites-dir", help="Folder of enrolled sites' public keys, SITE.pub (fedmed certs site).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no site keys; binds to loopback only.")] = False,

@@ -30,7 +30,8 @@ from pathlib import Path
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import default_state_dir
 from fedmed.common.certs import CertError, site_material
-from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop
+from fedmed.common.processes import executable, flower_env, split_address
+from fedmed.common.supervision import Child, ChildExited, PortInUse, first_exited, start_on_free_port, stop_all
 from fedmed.common.settings import DEFAULT_CLASSES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -189,19 +190,30 @@ def run_client(options: ClientOptions) -> int:
 def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
     """Run the SuperNode and the executor until either ends; return (whether the
     SuperNode ended with an error, the exit code of the one that ended)."""
-    runtime_port = free_port()
     # Flower keeps each run's app bundle under FLWR_HOME; keep it in the site's state.
     env = flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())})
-    processes = [start(supernode_command(options, runtime_port), None, env)]
+    say = lambda line: print(f"site {options.site}: {line}", flush=True)  # noqa: E731
     try:
-        processes.append(start(executor_command(options, runtime_port, state_dir), None, env))
+        # The executor finds the SuperNode on its Runtime API port, so the SuperNode must
+        # hold that port before the executor starts (a clash is retried on a new port).
+        supernode, runtime_port = start_on_free_port(
+            "SuperNode", lambda port: supernode_command(options, port), env, on_retry=say)
+    except ChildExited as exc:
+        say(f"{exc}; see the lines above")
+        return True, exc.child.returncode or 1
+    except (PortInUse, TimeoutError) as exc:
+        say(str(exc))
+        return False, 1
+    children = [supernode]
+    try:
+        children.append(Child("executor", executor_command(options, runtime_port, state_dir), env,
+                              capture=False))
         # Either process ending ends the site: a SuperNode without its executor would
         # accept work it never does.
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        supernode = processes[0].returncode
-        return (supernode not in (None, 0),
-                supernode if supernode is not None else processes[1].returncode)
+        ended = first_exited(children)
+        if ended is not supernode:
+            say(f"the {ended.name} exited with code {ended.returncode}; stopping the site")
+        code = supernode.returncode
+        return (code not in (None, 0), code if code is not None else ended.returncode)
     finally:
-        for process in reversed(processes):
-            stop(process)
+        stop_all(children)

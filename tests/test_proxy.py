@@ -4,9 +4,9 @@ what is audited, and what it costs per request."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from fedmed.common.certs import init_federation
-from fedmed.common.processes import free_port, wait_for_port
+from fedmed.common.supervision import start_on_free_port
 from fedmed.server.audit import read_audit
 
 
@@ -56,15 +56,14 @@ def federation(tmp_path_factory):
     ctx.load_cert_chain(certs / "server.crt", certs / "server.key")
     upstream.socket = ctx.wrap_socket(upstream.socket, server_side=True)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = free_port()
     run_dir = root / "run"
-    proxy = subprocess.Popen([sys.executable, "-m", "fedmed.server.proxy", "--listen", f"127.0.0.1:{port}",
-                              "--upstream", f"127.0.0.1:{upstream.server_address[1]}", "--certs", str(certs),
-                              "--run-dir", str(run_dir)])
-    assert wait_for_port("127.0.0.1", port, 30, proxy)
+    # Started as `fedmed server start` starts it: on a free port, a clash retried on another.
+    proxy, port = start_on_free_port("proxy", lambda port: [
+        sys.executable, "-m", "fedmed.server.proxy", "--listen", f"127.0.0.1:{port}",
+        "--upstream", f"127.0.0.1:{upstream.server_address[1]}", "--certs", str(certs),
+        "--run-dir", str(run_dir)], dict(os.environ), timeout=30)
     yield {"certs": certs, "port": port, "run_dir": run_dir, "upstream": upstream}
-    proxy.terminate()
-    proxy.wait(timeout=10)
+    proxy.stop()
     upstream.shutdown()
 
 
