@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import default_state_dir
+from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.common.certs import CertError, site_material
 from fedmed.common.processes import executable, flower_env, split_address
 from fedmed.common.supervision import Child, ChildExited, PortInUse, first_exited, start_on_free_port, stop_all
@@ -156,21 +157,30 @@ def run_client(options: ClientOptions) -> int:
             raise ClientSetupError("--insecure connects without TLS or a key: drop --certs or drop --insecure")
     else:
         _material(options)
-    print(preflight(options, options.classes), flush=True)
-    if options.privacy.enabled:
-        print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
-              "for all runs on this data (the privacy ledger is in the state folder)", flush=True)
-    else:
-        print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run", flush=True)
     state_dir = Path(options.state_dir or default_state_dir(options.site))
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
-    marker = state_dir / RUNNING_MARKER
-    rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
-    marker.write_text(str(os.getpid()))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly, as on Ctrl-C
     try:
+        with state_lock(state_dir):  # before the (slow) scan: a second process is refused at once
+            return _run_locked(options, state_dir)
+    except StateLocked as exc:
+        raise ClientSetupError(str(exc)) from None
+
+
+def _run_locked(options: ClientOptions, state_dir: Path) -> int:
+    marker = state_dir / RUNNING_MARKER
+    rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
+    marker.write_text(str(os.getpid()))
+    try:
+        print(preflight(options, options.classes), flush=True)
+        if options.privacy.enabled:
+            print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
+                  "for all runs on this data (the privacy ledger is in the state folder)", flush=True)
+        else:
+            print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run",
+                  flush=True)
         while True:
             # Flower's SuperNode exits with status 1 for every error (its own code, 305
             # for a refused connection, is only printed), so any failure counts here.
@@ -182,6 +192,7 @@ def run_client(options: ClientOptions) -> int:
                   flush=True)
             time.sleep(REJOIN_RETRY)
     except KeyboardInterrupt:
+        print(f"site {options.site}: interrupted; stopped", flush=True)
         return 130
     finally:
         marker.unlink(missing_ok=True)
@@ -215,5 +226,8 @@ def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
             say(f"the {ended.name} exited with code {ended.returncode}; stopping the site")
         code = supernode.returncode
         return (code not in (None, 0), code if code is not None else ended.returncode)
+    except KeyboardInterrupt:
+        supernode.mute()  # the operator asked to stop: one line, not Flower's shutdown log
+        raise
     finally:
         stop_all(children)

@@ -56,6 +56,7 @@ class Child:
         self.log = log
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
         self.port_clash = False
+        self._muted = False
         self._on_line = on_line
         self._reader: threading.Thread | None = None
         if not capture:
@@ -71,8 +72,9 @@ class Child:
         try:
             for raw in iter(self.process.stdout.readline, b""):
                 try:
-                    sink.write(raw)
-                    sink.flush()
+                    if not self._muted:
+                        sink.write(raw)
+                        sink.flush()
                 except (OSError, ValueError):
                     pass  # our own stdout is gone; keep draining so the child never blocks
                 line = raw.decode("utf-8", "replace").rstrip()
@@ -87,6 +89,10 @@ class Child:
         finally:
             if sink is not sys.stdout.buffer:
                 sink.close()
+
+    def mute(self) -> None:
+        """Stop copying the child's output (it is still read, so the child never blocks)."""
+        self._muted = True
 
     @property
     def pid(self) -> int:
