@@ -31,6 +31,7 @@ from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import default_state_dir
 from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.common.certs import CertError, site_material
+from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
 from fedmed.common.processes import executable, flower_env, split_address
 from fedmed.common.supervision import Child, ChildExited, PortInUse, first_exited, start_on_free_port, stop_all
 from fedmed.common.settings import DEFAULT_CLASSES
@@ -193,7 +194,7 @@ def _run_locked(options: ClientOptions, state_dir: Path) -> int:
             time.sleep(REJOIN_RETRY)
     except KeyboardInterrupt:
         print(f"site {options.site}: interrupted; stopped", flush=True)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         marker.unlink(missing_ok=True)
 
@@ -230,4 +231,5 @@ def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
         supernode.mute()  # the operator asked to stop: one line, not Flower's shutdown log
         raise
     finally:
-        stop_all(children)
+        with signals_held():
+            stop_all(children)

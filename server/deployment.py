@@ -34,6 +34,7 @@ from typing import Callable
 
 from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
+from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
 from fedmed.common.processes import executable, flower_env, split_address
 from fedmed.common.supervision import (Child, ChildExited, PortInUse, connectable_host, start_on_free_port,
                                        start_on_port, stop_all)
@@ -43,7 +44,7 @@ from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import write_app_dir
 from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_status,
-                                   write_json, write_run_report)
+                                   write_interrupted, write_json, write_run_report)
 from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
@@ -292,20 +293,25 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
         status = _follow(out_dir, children, deadline, emit, on_record=board.round if board else None)
-    except (_Stopped, KeyboardInterrupt):
-        audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
-        status = {"status": "stopped"}
+    except (_Stopped, KeyboardInterrupt) as exc:
+        how = "SIGTERM" if isinstance(exc, _Stopped) else "Ctrl-C"
+        audit.record("run-stopped", by=current_user(), reason=f"the coordinator was interrupted ({how})")
+        status = {"status": "stopped", "how": how}
     except (EnrollmentError, ChildExited, PortInUse, TimeoutError) as exc:
         raise DeploymentError(str(exc)) from None
     finally:
-        stop_all(children)
+        with signals_held():
+            stop_all(children)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if board is not None:
             board.close()
     if status["status"] == "stopped":
-        emit(f"stopped; continue later with `fedmed server start --resume {out_dir}`")
-        return 130
+        # After the children are stopped, so the ServerApp cannot overwrite it.
+        done = write_interrupted(out_dir, status["how"])["rounds_completed"]
+        emit(f"interrupted by {status['how']} after {done} of {config.rounds} round(s); continue later "
+             f"with `fedmed server start --resume {out_dir}`")
+        return EXIT_INTERRUPTED
     audit.record("run-finished", status=status["status"], reason=status.get("reason", ""),
                  rounds_completed=status.get("rounds_completed"))
     emit(write_run_report(out_dir))
