@@ -6,6 +6,7 @@ Each command parses flags, calls one function of `fedmed.server`, `fedmed.client
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,7 +26,45 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Sub-commands inherit the help option names from the root context.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            fedmed_version = version("fedmed")
+        except PackageNotFoundError:
+            fedmed_version = "unknown (not installed)"
+        typer.echo(f"fedmed {fedmed_version} (Flower {version('flwr')})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[Optional[bool], typer.Option("--version", is_eager=True, callback=_version,
+                                                         help="Print fedmed's version and exit.")] = None,
+) -> None:
+    """Federated learning for medical imaging across hospitals.
+
+    Example: fedmed demo
+    """
+
+
+def _one_line_on_interrupt(command):
+    """Ctrl-C (or SIGTERM where the command maps it to Ctrl-C) before a command's own
+    handling: one line and exit code 130, not a traceback or click's "Aborted!"."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.secho("interrupted; stopped", err=True)
+            raise typer.Exit(130)
+    return wrapper
 data_app = typer.Typer(help="Site data tools.\n\nExample: fedmed data synth --out demo-data", no_args_is_help=True)
 server_app = typer.Typer(help="The coordinator.\n\nExample: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1",
                          no_args_is_help=True)
@@ -56,6 +95,17 @@ ConfigFile = Annotated[Optional[Path], typer.Option(
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
+    """Options given on the command line that the others make meaningless are an error,
+    not silently ignored (a config file may hold settings for either case)."""
+    from click.core import ParameterSource
+
+    given = [f"--{name.replace('_', '-')}" for name in names
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if given:
+        _fail(f"{', '.join(given)}: {why}; drop {'it' if len(given) == 1 else 'them'}")
 
 
 def _window(text: Optional[str]) -> tuple[float, float] | None:
@@ -93,6 +143,7 @@ def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, wi
 
 
 @app.command()
+@_one_line_on_interrupt
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path("demo"),
     rounds: Rounds = 6,
@@ -137,7 +188,9 @@ def data_synth(
 
 
 @app.command()
+@_one_line_on_interrupt
 def simulate(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Run folder for metrics, checkpoints and the final model.")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Folder with one DICOM sub-folder per site.")] = None,
     npz: Annotated[Optional[Path], typer.Option("--npz", help="MedMNIST-style .npz to split across sites.")] = None,
@@ -169,6 +222,9 @@ def simulate(
 
     if (data is None) == (npz is None):
         _fail("give exactly one of --data DIR or --npz FILE")
+    if data is not None:
+        _refuse_given(ctx, ["sites", "partition"], "only for --npz (with --data the sites are the "
+                      "folder's sub-folders)")
     state_root = state or (out / "state")
     try:
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
@@ -209,7 +265,9 @@ def simulate(
 
 
 @server_app.command("start")
+@_one_line_on_interrupt
 def server_start(
+    ctx: typer.Context,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for metrics, checkpoints, the final model and the audit log.")] = None,
     address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to (port 0: a free port, printed at start).")] = "127.0.0.1:9092",
     certs: Annotated[Optional[Path], typer.Option("--certs", help="Folder with ca.crt, server.crt, server.key (fedmed certs init).")] = None,
@@ -236,6 +294,10 @@ def server_start(
 
     if (out is None) == (resume is None):
         _fail("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one")
+    if resume is not None:
+        _refuse_given(ctx, ["rounds", "epochs", "batch_size", "lr", "optimizer", "model", "image_size", "window",
+                            "classes", "min_sites", "seed", "round_timeout"],
+                      "a resumed run keeps the training settings it started with")
     config = None if resume else _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size,
                                              window, classes, min_sites, seed, round_timeout)
     try:
@@ -250,6 +312,7 @@ def server_start(
 
 
 @app.command()
+@_one_line_on_interrupt
 def client(
     site: Annotated[str, typer.Option("--site", help="This site's name, as the coordinator will list it.")],
     data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder (labels.csv or class sub-folders).")],
