@@ -17,6 +17,7 @@ from fedmed.cli.certs import certs_app
 from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.common.federation import FederationConfig, parse_classes
+from fedmed.common.interrupts import EXIT_INTERRUPTED, exit_now
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
 app = typer.Typer(
@@ -63,7 +64,11 @@ def _one_line_on_interrupt(command):
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             typer.secho("interrupted; stopped", err=True)
-            raise typer.Exit(130)
+            exit_now(EXIT_INTERRUPTED)
+        except typer.Exit as stop:
+            if stop.exit_code == EXIT_INTERRUPTED:
+                exit_now(EXIT_INTERRUPTED)  # the command said its one line; end at once
+            raise
     return wrapper
 data_app = typer.Typer(help="Site data tools.\n\nExample: fedmed data synth --out demo-data", no_args_is_help=True)
 server_app = typer.Typer(help="The coordinator.\n\nExample: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1",
@@ -326,6 +331,7 @@ def client(
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (recorded in the run's outputs).")] = False,
     classes: Classes = ",".join(DEFAULT_CLASSES),
+    give_up_after: Annotated[float, typer.Option("--give-up-after", help="Seconds a join failure that retrying cannot fix (TLS or protocol mismatch) may last before the site exits; an unreachable coordinator is retried without end.")] = 10.0,
     config_file: ConfigFile = None,
 ) -> None:
     """Join a federation as one hospital: images stay here, only weight updates leave.
@@ -340,7 +346,8 @@ def client(
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
         code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
                                         insecure=insecure, certs=certs, approve=tuple(approve or ()),
-                                        privacy=privacy, classes=parse_classes(classes)))
+                                        privacy=privacy, classes=parse_classes(classes),
+                                        give_up_after=give_up_after))
     except (ClientSetupError, ValueError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)

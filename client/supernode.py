@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmed.client.privacy.policy import PrivacyPolicy
+from fedmed.client.join_check import DEFAULT_GIVE_UP_AFTER, JoinCheck, JoinError
 from fedmed.client.site import default_state_dir
 from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.common.certs import CertError, site_material
@@ -60,6 +61,9 @@ class ClientOptions:
     approve: tuple[str, ...] = ()
     privacy: PrivacyPolicy = PrivacyPolicy()
     classes: tuple[str, ...] = DEFAULT_CLASSES
+    # Seconds a failure that retrying will not fix (TLS or protocol mismatch) may last
+    # before the site stops; an unreachable coordinator is retried without end.
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER
 
 
 def _toml_string(value: str, flag: str) -> str:
@@ -150,6 +154,8 @@ def run_client(options: ClientOptions) -> int:
         raise ClientSetupError(f"--data {options.data_dir}: not a folder; point it at the site's "
                                "DICOM export (labels.csv or class sub-folders)")
     host, _ = split_address(options.server, "--server")
+    if options.give_up_after < 0:
+        raise ClientSetupError(f"--give-up-after {options.give_up_after:g}: expected seconds, 0 or more")
     if options.insecure:
         if host not in LOOPBACK:
             raise ClientSetupError(f"--server {options.server}: --insecure connects only to loopback; "
@@ -182,10 +188,18 @@ def _run_locked(options: ClientOptions, state_dir: Path) -> int:
         else:
             print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run",
                   flush=True)
+        say = lambda line: print(f"site {options.site}: {line}", flush=True)  # noqa: E731
+        check = JoinCheck(options.server, options.insecure,
+                          None if options.insecure else _material(options).ca_cert.resolve(), say,
+                          options.give_up_after)
         while True:
+            try:
+                check.wait_until_reachable()
+            except JoinError:
+                return 1  # the reason is the line just printed
             # Flower's SuperNode exits with status 1 for every error (its own code, 305
             # for a refused connection, is only printed), so any failure counts here.
-            supernode_failed, code = _serve(options, state_dir)
+            supernode_failed, code = _serve(options, state_dir, check)
             if not supernode_failed or time.monotonic() > rejoin_until:
                 return code
             print(f"site {options.site}: the coordinator refused this site; it still holds the "
@@ -199,17 +213,18 @@ def _run_locked(options: ClientOptions, state_dir: Path) -> int:
         marker.unlink(missing_ok=True)
 
 
-def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
-    """Run the SuperNode and the executor until either ends; return (whether the
-    SuperNode ended with an error, the exit code of the one that ended)."""
+def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck) -> tuple[bool, int]:
+    """Run the SuperNode and the executor until either ends (or `check` gives up on the
+    coordinator); return (whether the SuperNode ended with an error, the exit code)."""
     # Flower keeps each run's app bundle under FLWR_HOME; keep it in the site's state.
     env = flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())})
-    say = lambda line: print(f"site {options.site}: {line}", flush=True)  # noqa: E731
+    say = check.say
     try:
         # The executor finds the SuperNode on its Runtime API port, so the SuperNode must
         # hold that port before the executor starts (a clash is retried on a new port).
         supernode, runtime_port = start_on_free_port(
-            "SuperNode", lambda port: supernode_command(options, port), env, on_retry=say)
+            "SuperNode", lambda port: supernode_command(options, port), env, on_retry=say,
+            on_line=check.on_supernode_line)
     except ChildExited as exc:
         say(f"{exc}; see the lines above")
         return True, exc.child.returncode or 1
@@ -222,9 +237,15 @@ def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
                               capture=False))
         # Either process ending ends the site: a SuperNode without its executor would
         # accept work it never does.
-        ended = first_exited(children)
+        ended = first_exited(children, stop_when=lambda: check.failed is not None)
+        if ended is None:
+            return False, 1  # the coordinator cannot be joined as configured; the line is out
         if ended is not supernode:
             say(f"the {ended.name} exited with code {ended.returncode}; stopping the site")
+        elif check.refusal:
+            say(f"the coordinator refused this site ({check.refusal}): if this site is new, its public key "
+                f"must be enrolled there first (`fedmed server enroll`, or {options.site}.pub in the "
+                "coordinator's --sites-dir)")
         code = supernode.returncode
         return (code not in (None, 0), code if code is not None else ended.returncode)
     except KeyboardInterrupt:

@@ -93,3 +93,16 @@ def signals_held() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def exit_now(code: int = EXIT_INTERRUPTED) -> None:
+    """End the process after a stop, without the interpreter's clean-up: with torch and
+    Flower loaded, finalising the heap took about 9 s on a loaded 2-core machine, which is
+    most of the 10 s an operator's Ctrl-C may take. Everything fedmed writes is already
+    closed or flushed by then (status.json and the audit log are written atomically)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -27,6 +27,8 @@ from fedmed.common import processes
 _ADDRESS_IN_USE = ("address already in use", "[errno 98]", "[errno 48]", "eaddrinuse")
 START_ATTEMPTS = 5
 POLL_SECONDS = 0.1
+# Seconds a child gets to stop on SIGTERM: Ctrl-C must end fedmed within 10 s.
+STOP_GRACE = 5.0
 
 
 class ChildExited(RuntimeError):
@@ -130,13 +132,15 @@ class Child:
             time.sleep(POLL_SECONDS)
         return False
 
-    def stop(self, grace: float = 8.0) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
         stop_all([self], grace)
 
 
-def stop_all(children: Iterable[Child | None], grace: float = 8.0) -> None:
+def stop_all(children: Iterable[Child | None], grace: float = STOP_GRACE) -> None:
     """SIGTERM every child's process group at once, then SIGKILL what is still there after
-    `grace` seconds: stopping several children takes `grace` at most, not one each."""
+    `grace` seconds: stopping several children takes `grace` at most, not one each. The
+    SIGKILL goes to the whole group either way, so a grandchild that outlived its parent
+    (a ServerApp, Flower's own executor) does not linger."""
     children = [c for c in children if c is not None]
     for child in children:
         if child.running():
@@ -146,11 +150,14 @@ def stop_all(children: Iterable[Child | None], grace: float = 8.0) -> None:
         try:
             child.process.wait(timeout=max(deadline - time.monotonic(), 0.05))
         except subprocess.TimeoutExpired:
-            _signal_group(child.pid, "SIGKILL")
-            child.process.wait()
+            pass
+    for child in children:
+        _signal_group(child.pid, "SIGKILL")
+        child.process.wait()
+    deadline = time.monotonic() + 1.0
     for child in children:
         if child._reader is not None:
-            child._reader.join(timeout=2)
+            child._reader.join(timeout=max(deadline - time.monotonic(), 0.01))
 
 
 def _signal_group(pid: int, name: str) -> None:

@@ -102,10 +102,12 @@ def test_tls_federation_admits_only_enrolled_sites_and_keeps_control_local(
         assert all(s["status"] == "ok" for s in r["sites"].values())
     assert "Z" not in server_out and "site I" not in server_out
 
-    # The SuperNodes that could not join gave up on their own (the one without TLS
-    # retries forever and was stopped above).
-    assert intruders["Z"].returncode not in (0, None)
-    assert intruders["N"].returncode not in (0, None)
+    # The sites that could not join gave up on their own, each saying why.
+    for name in ("Z", "I", "N"):
+        assert intruders[name].returncode not in (0, None), name
+    assert "the coordinator refused this site" in (tmp_path / "client-Z.log").read_text()
+    assert "uses TLS, and --insecure connects without it" in (tmp_path / "client-I.log").read_text()
+    assert "the coordinator's certificate is not trusted" in (tmp_path / "client-N.log").read_text()
 
     # The audit log tells the story, and its hash chain is intact.
     assert verify_chain(run_dir) is None
