@@ -194,8 +194,12 @@ def start_on_free_port(name: str, command: Callable[[int], Sequence[str]], env: 
     for _ in range(attempts):
         port = processes.free_port(host)
         child = Child(name, command(port), env, log=log, on_line=on_line)
-        if child.wait_listening(connect_host, port, timeout):
-            return child, port
+        try:
+            if child.wait_listening(connect_host, port, timeout):
+                return child, port
+        except BaseException:  # Ctrl-C while it starts: it must not outlive us
+            child.stop()
+            raise
         exited = not child.running()
         child.stop()
         if child.port_clash:
@@ -217,8 +221,12 @@ def start_on_port(name: str, cmd: Sequence[str], env: dict[str, str], host: str,
     """Start a child on a port the operator chose and wait until it listens there; a clash
     is a `PortInUse` error naming the option to change."""
     child = Child(name, cmd, env, log=log, on_line=on_line)
-    if child.wait_listening(connectable_host(host), port, timeout):
-        return child
+    try:
+        if child.wait_listening(connectable_host(host), port, timeout):
+            return child
+    except BaseException:  # Ctrl-C while it starts: it must not outlive us
+        child.stop()
+        raise
     exited = not child.running()
     child.stop()
     if child.port_clash:
