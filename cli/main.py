@@ -261,6 +261,8 @@ def simulate(
         status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
                                 meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon},
                                 on_round=on_round)
+    except ValueError as exc:  # refused before the run started (a state folder in use, too few sites)
+        _fail(str(exc))
     finally:
         if board is not None:
             board.close()

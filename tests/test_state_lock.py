@@ -52,3 +52,20 @@ def test_a_killed_holder_frees_the_folder(tmp_path: Path):
         assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
     with state_lock(tmp_path):  # and released again on leaving the block
         pass
+
+
+def test_a_simulation_refuses_a_state_folder_in_use(tmp_path: Path):
+    from fedmed.client.site import dicom_site
+    from fedmed.common.federation import FederationConfig
+    from fedmed.simulations.runner import simulate
+
+    state = tmp_path / "state" / "A"
+    state.mkdir(parents=True)
+    holder = _holder(state)
+    try:
+        with pytest.raises(ValueError, match=f"--state {state}: this state folder is in use"):
+            simulate([dicom_site("A", tmp_path, state)], FederationConfig(rounds=1, min_sites=1), tmp_path / "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "run").exists()  # refused before anything ran
