@@ -21,6 +21,17 @@ from process_tree import start, start_coordinator, stop, wait_for  # noqa: E402 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_reaches_children():
+    """A command started in the background by a script inherits SIGINT ignored, and so
+    would the processes these tests start; an operator's terminal passes Ctrl-C on."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt(process: subprocess.Popen, sig: int = signal.SIGINT) -> float:
     """Send `sig` as a terminal's Ctrl-C does (to the whole process group); seconds to exit."""
     started = time.monotonic()
