@@ -44,6 +44,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RUNNING_MARKER = "supernode.running"
 REJOIN_WINDOW = 100.0
 REJOIN_RETRY = 10.0
+# Seconds the SuperNode may take to open its Runtime API (an import of Flower on a busy
+# machine); it binds that port before it contacts the coordinator.
+SUPERNODE_START_TIMEOUT = 120.0
 
 
 class ClientSetupError(ValueError):
@@ -219,12 +222,13 @@ def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck) -> tuple[b
     # Flower keeps each run's app bundle under FLWR_HOME; keep it in the site's state.
     env = flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())})
     say = check.say
+    check.refusal = None
     try:
         # The executor finds the SuperNode on its Runtime API port, so the SuperNode must
         # hold that port before the executor starts (a clash is retried on a new port).
         supernode, runtime_port = start_on_free_port(
             "SuperNode", lambda port: supernode_command(options, port), env, on_retry=say,
-            on_line=check.on_supernode_line)
+            on_line=check.on_supernode_line, timeout=SUPERNODE_START_TIMEOUT)
     except ChildExited as exc:
         say(f"{exc}; see the lines above")
         return True, exc.child.returncode or 1
