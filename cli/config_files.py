@@ -61,8 +61,30 @@ max-grad-norm = 1.0
 EXAMPLES = {"federation.toml": FEDERATION_EXAMPLE, "site.toml": SITE_EXAMPLE}
 
 
-def read_config_file(path: Path, allowed: set[str]) -> dict[str, Any]:
-    """Parse a TOML config into flag defaults; unknown keys are an error naming the key."""
+def _check_type(path: Path, key: str, value: Any, param: click.Parameter | None) -> None:
+    """A value must have its flag's type: click would turn `rounds = 2.5` into 2 silently."""
+    kind = getattr(param, "type", None)
+    if param is None or kind is None:
+        return
+    values = value if getattr(param, "multiple", False) and isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(kind, click.types.IntParamType) and (isinstance(item, bool) or not isinstance(item, int)):
+            expected = "a whole number, e.g. 3"
+        elif isinstance(kind, click.types.FloatParamType) and (isinstance(item, bool)
+                                                               or not isinstance(item, (int, float))):
+            expected = "a number, e.g. 0.5"
+        elif isinstance(kind, click.types.BoolParamType) and not isinstance(item, bool):
+            expected = "true or false"
+        elif isinstance(kind, (click.types.StringParamType, click.Path)) and not isinstance(item, str):
+            expected = 'a quoted string, e.g. "value"'
+        else:
+            continue
+        raise click.BadParameter(f"{path}: {key} = {item!r}: expected {expected}")
+
+
+def read_config_file(path: Path, allowed: set[str] | dict[str, click.Parameter]) -> dict[str, Any]:
+    """Parse a TOML config into flag defaults; unknown keys and values of the wrong type
+    are errors naming the key."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -76,6 +98,7 @@ def read_config_file(path: Path, allowed: set[str]) -> dict[str, Any]:
             raise click.BadParameter(
                 f"{path}: unknown key {key!r}; expected one of "
                 f"{', '.join(sorted(a.replace('_', '-') for a in allowed))}")
+        _check_type(path, key, value, allowed.get(name) if isinstance(allowed, dict) else None)
         out[name] = value
     return out
 
@@ -88,7 +111,7 @@ def apply_config_file(ctx: click.Context, param: click.Parameter, value: Path | 
     """
     if value is None or ctx.resilient_parsing:
         return value
-    allowed = {p.name for p in ctx.command.params if p.name and p.name != param.name}
+    allowed = {p.name: p for p in ctx.command.params if p.name and p.name != param.name}
     ctx.default_map = {**(ctx.default_map or {}), **read_config_file(value, allowed)}
     return value
 

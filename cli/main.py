@@ -6,6 +6,7 @@ Each command parses flags, calls one function of `fedmed.server`, `fedmed.client
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +18,7 @@ from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.cli.model_tools import Freeze, InitFrom, transfer_start
 from fedmed.common.federation import FederationConfig, parse_classes
+from fedmed.common.interrupts import EXIT_INTERRUPTED, exit_now
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
 app = typer.Typer(
@@ -26,7 +28,49 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Sub-commands inherit the help option names from the root context.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            fedmed_version = version("fedmed")
+        except PackageNotFoundError:
+            fedmed_version = "unknown (not installed)"
+        typer.echo(f"fedmed {fedmed_version} (Flower {version('flwr')})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[Optional[bool], typer.Option("--version", is_eager=True, callback=_version,
+                                                         help="Print fedmed's version and exit.")] = None,
+) -> None:
+    """Federated learning for medical imaging across hospitals.
+
+    Example: fedmed demo
+    """
+
+
+def _one_line_on_interrupt(command):
+    """Ctrl-C (or SIGTERM where the command maps it to Ctrl-C) before a command's own
+    handling: one line and exit code 130, not a traceback or click's "Aborted!"."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.secho("interrupted; stopped", err=True)
+            exit_now(EXIT_INTERRUPTED)
+        except typer.Exit as stop:
+            if stop.exit_code == EXIT_INTERRUPTED:
+                exit_now(EXIT_INTERRUPTED)  # the command said its one line; end at once
+            raise
+    return wrapper
 data_app = typer.Typer(help="Site data tools.\n\nExample: fedmed data synth --out demo-data", no_args_is_help=True)
 server_app = typer.Typer(help="The coordinator.\n\nExample: fedmed server start --insecure --rounds 3 --min-sites 3 --out runs/r1",
                          no_args_is_help=True)
@@ -59,6 +103,17 @@ ConfigFile = Annotated[Optional[Path], typer.Option(
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
+    """Options given on the command line that the others make meaningless are an error,
+    not silently ignored (a config file may hold settings for either case)."""
+    from click.core import ParameterSource
+
+    given = [f"--{name.replace('_', '-')}" for name in names
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if given:
+        _fail(f"{', '.join(given)}: {why}; drop {'it' if len(given) == 1 else 'them'}")
 
 
 def _window(text: Optional[str]) -> tuple[float, float] | None:
@@ -98,6 +153,7 @@ def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, wi
 
 
 @app.command()
+@_one_line_on_interrupt
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path("demo"),
     rounds: Rounds = 6,
@@ -142,7 +198,9 @@ def data_synth(
 
 
 @app.command()
+@_one_line_on_interrupt
 def simulate(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Run folder for metrics, checkpoints and the final model.")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Folder with one DICOM sub-folder per site.")] = None,
     npz: Annotated[Optional[Path], typer.Option("--npz", help="MedMNIST-style .npz to split across sites.")] = None,
@@ -179,6 +237,9 @@ def simulate(
 
     if (data is None) == (npz is None):
         _fail("give exactly one of --data DIR or --npz FILE")
+    if data is not None:
+        _refuse_given(ctx, ["sites", "partition"], "only for --npz (with --data the sites are the "
+                      "folder's sub-folders)")
     state_root = state or (out / "state")
     try:
         privacy = PrivacyPolicy(enabled=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
@@ -223,6 +284,8 @@ def simulate(
         status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
                                 meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon, **transfer},
                                 on_round=on_round)
+    except ValueError as exc:  # refused before the run started (a state folder in use, too few sites)
+        _fail(str(exc))
     finally:
         if board is not None:
             board.close()
@@ -239,9 +302,11 @@ def simulate(
 
 
 @server_app.command("start")
+@_one_line_on_interrupt
 def server_start(
+    ctx: typer.Context,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for metrics, checkpoints, the final model and the audit log.")] = None,
-    address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to.")] = "127.0.0.1:9092",
+    address: Annotated[str, typer.Option("--address", help="HOST:PORT the sites connect to (port 0: a free port, printed at start).")] = "127.0.0.1:9092",
     certs: Annotated[Optional[Path], typer.Option("--certs", help="Folder with ca.crt, server.crt, server.key (fedmed certs init).")] = None,
     sites_dir: Annotated[Optional[Path], typer.Option("--sites-dir", help="Folder of enrolled sites' public keys, SITE.pub (fedmed certs site).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no site keys; binds to loopback only.")] = False,
@@ -271,6 +336,10 @@ def server_start(
 
     if (out is None) == (resume is None):
         _fail("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one")
+    if resume is not None:
+        _refuse_given(ctx, ["rounds", "epochs", "batch_size", "lr", "optimizer", "model", "image_size", "window",
+                            "classes", "min_sites", "seed", "round_timeout"],
+                      "a resumed run keeps the training settings it started with")
     config = None if resume else _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size,
                                              window, classes, min_sites, seed, round_timeout, frames, modality)
     try:
@@ -288,6 +357,7 @@ def server_start(
 
 
 @app.command()
+@_one_line_on_interrupt
 def client(
     site: Annotated[str, typer.Option("--site", help="This site's name, as the coordinator will list it.")],
     data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder (labels.csv or class sub-folders).")],
@@ -305,6 +375,7 @@ def client(
     eval_share: Annotated[float, typer.Option("--eval-share", help="With DP on, the share of epsilon a run's noised evaluation metrics use (0-1).")] = 0.1,
     new_ledger: Annotated[Optional[str], typer.Option("--new-ledger", metavar="REASON", help="Start a new privacy ledger although this state folder shows the data was trained on; REASON is recorded in it.")] = None,
     classes: Classes = ",".join(DEFAULT_CLASSES),
+    give_up_after: Annotated[float, typer.Option("--give-up-after", help="Seconds a join failure that retrying cannot fix (TLS or protocol mismatch) may last before the site exits; an unreachable coordinator is retried without end.")] = 10.0,
     config_file: ConfigFile = None,
 ) -> None:
     """Join a federation as one hospital: images stay here, only weight updates leave.
@@ -321,7 +392,8 @@ def client(
                                 unit=privacy_unit)
         code = run_client(ClientOptions(site=site, data_dir=data, server=server, state_dir=state,
                                         insecure=insecure, certs=certs, approve=tuple(approve or ()),
-                                        privacy=privacy, classes=parse_classes(classes)))
+                                        privacy=privacy, classes=parse_classes(classes),
+                                        give_up_after=give_up_after))
     except (ClientSetupError, ValueError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)

@@ -13,7 +13,7 @@ off the coordinator (syslog, WORM storage) where that matters.
 Events (field `event`):
   run-started        by (OS user), app_hash, run_id, resumed_from_round
   run-finished       status, reason, rounds_completed
-  run-stopped        by, reason            the coordinator was interrupted
+  run-stopped        by, reason            the coordinator was interrupted (Ctrl-C or SIGTERM)
   site-enrolled      site, key_sha256, node_id
   site-joined        site, node_id         seen by the ServerApp at a round's start
   site-left          site, node_id

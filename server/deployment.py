@@ -35,15 +35,19 @@ from typing import Callable
 
 from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
-from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop, wait_for_port
+from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
+from fedmed.common.processes import executable, flower_env, split_address
 from fedmed.common.starting_model import describe_transfer, transfer_meta
+from fedmed.common.supervision import (Child, ChildExited, PortInUse, connectable_host, start_on_free_port,
+                                       start_on_port, stop_all)
 from fedmed.server import progress
 from fedmed.server.app import RUN_CONFIG_KEY
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import write_app_dir
-from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_metrics, read_status,
-                                   write_json, write_run_report)
+from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_metrics,
+                                   read_status,
+                                   write_interrupted, write_json, write_run_report)
 from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
@@ -128,7 +132,7 @@ def _audit_so_far(out_dir: Path) -> list[dict]:
         return []
 
 
-def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
+def _follow(out_dir: Path, watched: list[Child], deadline: float,
             emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None,
             classes: tuple[str, ...] = ()) -> dict:
     """Print rows as metrics.jsonl grows (with a warning under a round whose model is
@@ -157,10 +161,9 @@ def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], de
         status = read_status(out_dir)
         if status is not None:
             return status
-        for name, process, log in watched:
-            if process.poll() is not None:
-                return {"status": "failed",
-                        "reason": f"the {name} exited with code {process.returncode}; see {log}"}
+        for child in watched:
+            if not child.running():
+                return {"status": "failed", "reason": str(ChildExited(child))}
         if time.monotonic() > deadline:
             return {"status": "failed", "reason": "the run did not finish in time "
                     "(rounds × round timeout); raise --round-timeout or check the sites"}
@@ -214,7 +217,7 @@ def _transfer_meta(options: ServerOptions, config: FederationConfig, out_dir: Pa
 
 def start_server(options: ServerOptions, emit: Callable[[str], None] = print) -> int:
     """Run a whole federation from this machine; 0 when it completed, 1 when it failed."""
-    host, port = split_address(options.address, "--address")
+    host, port = split_address(options.address, "--address", allow_zero=True)
     _check_options(options, host)
     board = None
     if options.tensorboard is not None:
@@ -260,51 +263,62 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     (out_dir / STATUS_FILE).unlink(missing_ok=True)
     audit = AuditLog(out_dir)
 
-    if options.insecure:
-        link_host, link_port = host, port
-    else:
-        link_host, link_port = "127.0.0.1", free_port()
-    connect_host = "127.0.0.1" if link_host in ("0.0.0.0", "::") else link_host
-    home = _flwr_home(out_dir, f"{connect_host}:{link_port}", material.ca_cert if material else None)
+    home = out_dir / ".flwr"
     env = flower_env({"FLWR_HOME": str(home)})
-    logs = [open(out_dir / "superlink.log", "ab")]
-    cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
-           "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
-    if material is None:
-        cmd.append("--insecure")
-    else:
-        cmd += ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
-                "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
-    processes: list[tuple[str, subprocess.Popen, Path]] = []
+    superlink_log, proxy_log = out_dir / "superlink.log", out_dir / "proxy.log"
+
+    def superlink_cmd(link_host: str, link_port: int) -> list[str]:
+        cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
+               "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
+        if material is None:
+            return cmd + ["--insecure"]
+        return cmd + ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
+                      "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
+
+    children: list[Child] = []
     previous_handler = None
     if _is_main_thread():
         previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
     status: dict = {"status": "failed", "reason": "the coordinator was interrupted"}
     try:
-        processes.append(("SuperLink", start(cmd, logs[0], env), out_dir / "superlink.log"))
-        if not wait_for_port(connect_host, link_port, options.startup_timeout, processes[0][1]):
-            raise DeploymentError(f"the SuperLink did not start on {link_host}:{link_port} "
-                                  f"(port in use?); see {out_dir / 'superlink.log'}")
+        # The SuperLink serves the public address itself with --insecure; with TLS it
+        # listens on a loopback port of its own behind the proxy.
+        link_host = host if options.insecure else "127.0.0.1"
+        if options.insecure and port:
+            link_port = port
+            children.append(start_on_port("SuperLink", superlink_cmd(host, port), env, host, port, "--address",
+                                          timeout=options.startup_timeout, log=superlink_log))
+        else:
+            superlink, link_port = start_on_free_port(
+                "SuperLink", lambda p: superlink_cmd(link_host, p), env, host=link_host,
+                timeout=options.startup_timeout, log=superlink_log, on_retry=emit)
+            children.append(superlink)
+        if options.insecure:
+            port = link_port
+        _flwr_home(out_dir, f"{connectable_host(link_host)}:{link_port}", material.ca_cert if material else None)
         # Enrol before the public port opens: a site that connects before its key is
         # registered is refused and gives up.
         sites = enroll(keys, out_dir, home, CONNECTION, audit) if keys else {}
         if material is not None:
-            logs.append(open(out_dir / "proxy.log", "ab"))
-            proxy_cmd = [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{port}",
-                         "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
-                         "--run-dir", str(out_dir), "--max-body",
-                         str(options.max_request_bytes or _request_limit(config))]
-            processes.append(("public-port proxy", start(proxy_cmd, logs[1], env), out_dir / "proxy.log"))
-            if not wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
-                                 options.startup_timeout, processes[1][1]):
-                raise DeploymentError(f"--address {options.address}: could not listen there (port in "
-                                      f"use?); see {out_dir / 'proxy.log'}")
+            def proxy_cmd(public_port: int) -> list[str]:
+                return [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{public_port}",
+                        "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
+                        "--run-dir", str(out_dir), "--max-body",
+                        str(options.max_request_bytes or _request_limit(config))]
+
+            if port:
+                children.append(start_on_port("public-port proxy", proxy_cmd(port), env, host, port, "--address",
+                                              timeout=options.startup_timeout, log=proxy_log))
+            else:
+                proxy, port = start_on_free_port("public-port proxy", proxy_cmd, env, host=host,
+                                                 timeout=options.startup_timeout, log=proxy_log, on_retry=emit)
+                children.append(proxy)
         if previous_run:
             # The interrupted run is still "running" in the SuperLink's database; stop it so
             # sites do not train for a ServerApp that no longer exists.
             _flwr(["stop", previous_run, CONNECTION], home, timeout=60)
         write_json(out_dir / CONFIG_FILE, {
-            "federation": config.to_dict(), "mode": "deployment", "address": options.address,
+            "federation": config.to_dict(), "mode": "deployment", "address": f"{host}:{port}",
             "insecure": options.insecure, "update_limits": options.update_limits.to_dict(),
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
             "join_timeout": options.join_timeout, **transfer,
@@ -313,7 +327,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         app_hash = _app_hash(app_dir)
         run_id = _submit(out_dir, home, app_dir)
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
-                     address=options.address, tls=not options.insecure, sites=sorted(sites.values()),
+                     address=f"{host}:{port}", tls=not options.insecure, sites=sorted(sites.values()),
                      rounds=config.rounds, resumed_after_round=resume_from or None)
         emit(f"fedmed coordinator on {host}:{port}{'' if options.insecure else ' (TLS, enrolled sites only)'}, "
              f"run {run_id}: waiting for {config.min_sites} site(s); outputs in {out_dir}")
@@ -324,25 +338,27 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         emit(progress.header())
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
-        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None,
+        status = _follow(out_dir, children, deadline, emit, on_record=board.round if board else None,
                          classes=config.classes)
-    except (_Stopped, KeyboardInterrupt):
-        audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
-        status = {"status": "stopped"}
-    except EnrollmentError as exc:
+    except (_Stopped, KeyboardInterrupt) as exc:
+        how = "SIGTERM" if isinstance(exc, _Stopped) else "Ctrl-C"
+        audit.record("run-stopped", by=current_user(), reason=f"the coordinator was interrupted ({how})")
+        status = {"status": "stopped", "how": how}
+    except (EnrollmentError, ChildExited, PortInUse, TimeoutError) as exc:
         raise DeploymentError(str(exc)) from None
     finally:
-        for _, process, _ in reversed(processes):
-            stop(process)
-        for log in logs:
-            log.close()
+        with signals_held():
+            stop_all(children)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if board is not None:
             board.close()
     if status["status"] == "stopped":
-        emit(f"stopped; continue later with `fedmed server start --resume {out_dir}`")
-        return 130
+        # After the children are stopped, so the ServerApp cannot overwrite it.
+        done = write_interrupted(out_dir, status["how"])["rounds_completed"]
+        emit(f"interrupted by {status['how']} after {done} of {config.rounds} round(s); continue later "
+             f"with `fedmed server start --resume {out_dir}`")
+        return EXIT_INTERRUPTED
     audit.record("run-finished", status=status["status"], reason=status.get("reason", ""),
                  rounds_completed=status.get("rounds_completed"))
     emit(write_run_report(out_dir))

@@ -94,6 +94,20 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def write_interrupted(run_dir: Path, how: str) -> dict[str, Any]:
+    """Record in status.json that the run was stopped by the operator (`how`: Ctrl-C,
+    SIGTERM) after its last completed round; returns what was written."""
+    run_dir = Path(run_dir)
+    try:
+        planned = json.loads((run_dir / CONFIG_FILE).read_text())["federation"]["rounds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = None
+    status = {"status": "interrupted", "reason": f"stopped by {how}",
+              "rounds_completed": last_completed_round(run_dir), "rounds_planned": planned}
+    write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
 def privacy_summary(sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The largest cumulative ε any site reported, and which sites trained without DP."""
     eps = [v["epsilon"] for v in sites.values()

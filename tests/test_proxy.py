@@ -4,9 +4,9 @@ what is audited, and what it costs per request."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +29,7 @@ from flwr.proto.message_pb2 import Message, Metadata, ObjectTree, PushObjectRequ
 from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
 
 from fedmed.common.certs import init_federation, key_fingerprint
-from fedmed.common.processes import free_port, wait_for_port
+from fedmed.common.supervision import start_on_free_port
 from fedmed.server.audit import read_audit
 
 
@@ -75,21 +75,20 @@ def federation(tmp_path_factory):
     ctx.load_cert_chain(certs / "server.crt", certs / "server.key")
     upstream.socket = ctx.wrap_socket(upstream.socket, server_side=True)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = free_port()
     run_dir = root / "run"
     run_dir.mkdir()
     # One enrolled site, as `fedmed server start` leaves it in sites.json.
     site_key = ec.generate_private_key(ec.SECP384R1())
     (run_dir / "sites.json").write_text(json.dumps(
         {"A": {"key_sha256": key_fingerprint(site_key.public_key()), "node_id": NODE_A}}))
-    proxy = subprocess.Popen([sys.executable, "-m", "fedmed.server.proxy", "--listen", f"127.0.0.1:{port}",
-                              "--upstream", f"127.0.0.1:{upstream.server_address[1]}", "--certs", str(certs),
-                              "--run-dir", str(run_dir)])
-    assert wait_for_port("127.0.0.1", port, 30, proxy)
+    # Started as `fedmed server start` starts it: on a free port, a clash retried on another.
+    proxy, port = start_on_free_port("proxy", lambda port: [
+        sys.executable, "-m", "fedmed.server.proxy", "--listen", f"127.0.0.1:{port}",
+        "--upstream", f"127.0.0.1:{upstream.server_address[1]}", "--certs", str(certs),
+        "--run-dir", str(run_dir)], dict(os.environ), timeout=30)
     yield {"certs": certs, "port": port, "run_dir": run_dir, "upstream": upstream, "key": site_key,
            "proxy": proxy}
-    proxy.terminate()
-    proxy.wait(timeout=10)
+    proxy.stop()
     upstream.shutdown()
 
 
@@ -190,7 +189,7 @@ def _rss_kib(pid: int) -> int:
 
 def test_a_huge_unauthenticated_body_costs_no_memory_and_garbage_no_time(federation):
     ctx = ssl.create_default_context(cafile=str(federation["certs"] / "ca.crt"))
-    before = _rss_kib(federation["proxy"].pid)
+    before = _rss_kib(federation["proxy"].process.pid)
     with socket.create_connection(("127.0.0.1", federation["port"])) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(b"POST /v1/fleet/push-object HTTP/1.1\r\nhost: x\r\n"
@@ -203,7 +202,7 @@ def test_a_huge_unauthenticated_body_costs_no_memory_and_garbage_no_time(federat
         except OSError:
             pass  # refused and closed
         assert sent < 64 * 1024 * 1024
-    assert _rss_kib(federation["proxy"].pid) - before < 5 * 1024
+    assert _rss_kib(federation["proxy"].process.pid) - before < 5 * 1024
     # Garbage after the handshake: the connection is closed at once, not kept.
     with socket.create_connection(("127.0.0.1", federation["port"])) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as tls:
