@@ -26,7 +26,7 @@ round-timeout = 1800             # seconds to wait for the sites in a round
 join-timeout = 120               # seconds round 1 waits for every enrolled site
 # tensorboard = "tb/consortium-1"  # also log each round as TensorBoard scalars
 
-model = "cnn"                    # cnn | resnet18
+model = "dpcnn"                  # dpcnn | cnn | resnet18
 image-size = 64                  # model input side in pixels
 classes = "normal,abnormal"      # class names, in label order
 epochs = 1                       # local epochs per round

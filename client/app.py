@@ -21,9 +21,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedmed.client.augmentation import settings_for
 from fedmed.client.privacy.disclosure import suppress_small_cells
 from fedmed.client.privacy.dp_sgd import make_private_training
 from fedmed.client.privacy.ledger import LedgerError, PrivacyLedger
+from fedmed.client.privacy.noise_check import noise_to_signal, trainable_parameters
 from fedmed.client.privacy.run_plan import decide, plan_run
 from fedmed.client.site import Site, site_from_node_config
 from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
@@ -105,17 +107,19 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     torch.manual_seed(seed)
     model = _global_model(msg, config)
     device = pick_device()
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, dp=site.privacy.enabled)
+    augmentation = settings_for(config)
     started = time.perf_counter()
     if not site.privacy.enabled:
         loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
-        result = train_local(model, loader, optimizer, config.epochs, device)
+        result = train_local(model, loader, optimizer, config.epochs, device,
+                             augmentation=augmentation, seed=seed)
         weights, privacy = model.cpu().state_dict(), {}
     else:
         ledger = PrivacyLedger.open(site.state_dir, data.fingerprint)
         plan = plan_run(ledger, site.privacy, run=str(msg.metadata.run_id), server_round=server_round,
                         total_rounds=config.rounds, n_train=len(data.train_y),
-                        batch_size=config.batch_size, epochs=config.epochs, state_dir=site.state_dir)
+                        batch_size=config.dp_batch_size, epochs=config.epochs, state_dir=site.state_dir)
         decision = decide(ledger, site.privacy, plan)
         if not decision.train:
             print(f"[fedmed site {site.name}] round {server_round}: not training: {decision.reason}",
@@ -128,9 +132,14 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
                   f"q={plan.sample_rate:.4f}, {plan.steps_per_round} steps/round for "
                   f"{plan.planned_rounds} round(s), budget epsilon={site.privacy.epsilon:g} "
                   f"delta={plan.delta:.0e} (already spent {decision.spent_epsilon:.3f})", file=sys.stderr)
+            check = noise_to_signal(plan.noise_multiplier, plan.sample_rate, len(data.train_y),
+                                    trainable_parameters(model))
+            if check.warning():
+                print(f"[fedmed site {site.name}] warning: {check.warning()}", file=sys.stderr)
         training = make_private_training(
-            model, optimizer, data.train_x, data.train_y, config.batch_size,
-            plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
+            model, optimizer, data.train_x, data.train_y, config.dp_batch_size,
+            plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model,
+            augment=augmentation, views=config.augment_views if augmentation else 1)
         result = training.train(config.epochs, device)
         # The spend is recorded before the update leaves the site: a crash in between
         # over-counts, never under-counts.
