@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -80,7 +81,7 @@ class Plan:
 # every ε is run: a DP row must learn at each seed, not on average.
 FULL = Plan(rounds=15, seeds=(0, 1, 2), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
             epsilons=(1.0, 3.0, 8.0), headline_epsilon=3.0, subset=None,
-            variants=("local", "iid", "dp", "dp-all-seeds"))
+            variants=("local", "dp", "dp-all-seeds", "ablations"))
 SMOKE = Plan(rounds=2, seeds=(0,), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
              epsilons=(3.0,), headline_epsilon=3.0,
              subset={"train": 450, "val": 120, "test": None},
@@ -258,7 +259,9 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     """Run the section; returns {"rows": [...], "runs": [...], "plan": ..., "data": ...}.
 
     After every row's run the rows so far are also written to ``work/utility-partial.json``,
-    so a long run that is stopped still leaves what it measured."""
+    so a long run that is stopped still leaves what it measured. ``FEDMED_UTILITY_ROWS``
+    (comma-separated row keys) runs only those rows: a long section can then be split
+    across processes and their rows joined into one results.json."""
     plan = SMOKE if smoke else FULL
     source = pneumonia.locate()
     if source is None:
@@ -271,6 +274,10 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     rows: list[Row] = []
     runs: list[dict[str, Any]] = []
     partial = Path(work) / "utility-partial.json"
+    only = {k.strip() for k in os.environ.get("FEDMED_UTILITY_ROWS", "").split(",") if k.strip()}
+
+    def wanted(key: str) -> bool:
+        return not only or key in only
 
     def new(key: str, label: str) -> Row:
         rows.append(Row(key=key, label=label, rounds=plan.rounds))
@@ -281,34 +288,39 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps([r.to_dict() for r in rows], default=float))
 
-    _centralised(npz, test, val, plan, new("centralised", "Centralised (pooled train split)"))
-    if "local" in plan.variants:
+    if wanted("centralised"):
+        _centralised(npz, test, val, plan, new("centralised", "Centralised (pooled train split)"))
+    if "local" in plan.variants and wanted("local"):
         _local_only(npz, test, val, plan, new("local", f"Local only, each of {SITES} non-IID sites alone"))
-    noniid = new("fedavg-noniid", f"FedAvg, 3 sites non-IID ({NON_IID})")
-    for seed in plan.seeds:
-        keep(_federated(npz, test, val, plan, noniid, work, seed, NON_IID))
-    if "iid" in plan.variants:
+    if wanted("fedavg-noniid"):
+        noniid = new("fedavg-noniid", f"FedAvg, 3 sites non-IID ({NON_IID})")
+        for seed in plan.seeds:
+            keep(_federated(npz, test, val, plan, noniid, work, seed, NON_IID))
+    if "iid" in plan.variants and wanted("fedavg-iid"):
         keep(_federated(npz, test, val, plan, new("fedavg-iid", "FedAvg, 3 sites IID"), work,
                         plan.seeds[0], "iid"))
-    if "quantity" in plan.variants:
+    if "quantity" in plan.variants and wanted("fedavg-quantity"):
         keep(_federated(npz, test, val, plan, new("fedavg-quantity", f"FedAvg, quantity skew ({QUANTITY})"),
                         work, plan.seeds[0], QUANTITY))
-    if "fedadam" in plan.variants:
+    if "fedadam" in plan.variants and wanted("fedadam-noniid"):
         keep(_federated(npz, test, val, plan, new("fedadam-noniid", f"FedAdam, non-IID ({NON_IID})"),
                         work, plan.seeds[0], NON_IID, strategy="fedadam"))
-    if "fedavgm" in plan.variants:
+    if "fedavgm" in plan.variants and wanted("fedavgm-noniid"):
         keep(_federated(npz, test, val, plan, new("fedavgm-noniid", f"FedAvgM, non-IID ({NON_IID})"),
                         work, plan.seeds[0], NON_IID, strategy="fedavgm"))
     if "dp" in plan.variants:
         every_seed = "dp-all-seeds" in plan.variants
         for eps in sorted(plan.epsilons, key=lambda e: e != plan.headline_epsilon):
+            if not wanted(f"dp-eps{eps:g}"):
+                continue
             seeds = plan.seeds if every_seed or eps == plan.headline_epsilon else plan.seeds[:1]
             row = new(f"dp-eps{eps:g}", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={eps:g}, non-IID")
             for seed in seeds:
                 keep(_federated(npz, test, val, plan, row, work, seed, NON_IID, strategy=plan.dp_strategy,
                                 epsilon=eps, augment=_DP.augment))
     for key, label, kwargs in (ablations(plan) if "ablations" in plan.variants else ()):
-        keep(_federated(npz, test, val, plan, new(key, label), work, plan.seeds[0], NON_IID, **kwargs))
+        if wanted(key):
+            keep(_federated(npz, test, val, plan, new(key, label), work, plan.seeds[0], NON_IID, **kwargs))
 
     sizes = pneumonia.split_sizes(npz)
     partition_sizes = {}
