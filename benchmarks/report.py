@@ -162,9 +162,10 @@ def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[st
         "",
         f"Setup: model `{section.get('model', 'cnn')}` on 28×28; {plan['rounds']} rounds × 1 local epoch (federated) or "
         f"{plan['rounds']} epochs (centralised, local-only), so every row sees each training image "
-        f"{plan['rounds']} times; no-DP rows: Adam, lr {plan['lr']:g}, batch {plan['batch']}, no augmentation "
-        f"unless the row says so; DP rows: fedmed's DP recipe — SGD with momentum 0.9, lr {plan['dp_lr']:g}, "
-        f"Poisson batches of expected size {plan['dp_batch']}, clipping norm 1.0, the default augmentation, "
+        f"{plan['rounds']} times; no-DP rows: Adam, lr {plan['lr']:g}, batch {plan['batch']}, fedmed's default "
+        f"augmentation unless the row says otherwise; DP rows: fedmed's DP recipe — SGD with momentum 0.9, "
+        f"lr {plan['dp_lr']:g} decayed by a cosine over the rounds, "
+        f"Poisson batches of expected size {plan['dp_batch']}, clipping norm 1.0, no augmentation unless the row says so, "
         f"strategy `{plan.get('dp_strategy', 'fedavg')}` — δ = fedmed's default "
         "(1/(10 N), at most 1e-5), the budget ε spent over the whole run (PRV accountant); "
         f"seeds {list(plan['seeds'])} for the rows marked ± (seed = partition, initial weights and batch order).",

@@ -9,7 +9,8 @@ from the sites' own validation splits, as a coordinator would see it.
 All rows train the same model (``dpcnn``, fedmed's default, on 28×28) for the same number
 of passes over the data: R rounds × 1 local epoch federated, R epochs centralised or
 local-only. DP rows train with the federation's DP recipe (SGD with momentum at
-``dp_lr`` on Poisson batches of ``dp_batch_size``) and its default augmentation.
+``dp_lr`` on Poisson batches of ``dp_batch_size``), with the federation's default
+augmentation setting (which, with DP, augments only with two or more views per record).
 
 Besides the arg-max figures, each row reports sensitivity, specificity and balanced
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
@@ -34,6 +35,7 @@ import torch
 
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.sitedata import read_medmnist
+from fedmed.client.augmentation import settings_for
 from fedmed.client.training import evaluate, make_loader, make_optimizer, train_local
 from fedmed.common.checkpoint import load_checkpoint
 from fedmed.common.metrics import binary_auc
@@ -149,8 +151,7 @@ def _test_metrics(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray],
 
 def _train_in_process(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, plan: Plan) -> tuple[torch.nn.Module, float]:
     """A model trained on (x, y) alone, as the federation would initialise and train it."""
-    config = FederationConfig(batch_size=plan.batch, lr=plan.lr, model=MODEL, image=IMAGE, seed=seed,
-                              augment=False)
+    config = FederationConfig(batch_size=plan.batch, lr=plan.lr, model=MODEL, image=IMAGE, seed=seed)
     # Same initial weights as the federated runs of this seed (fedmed.server.app.initial_arrays).
     torch.manual_seed(seed)
     model = build_model(MODEL, len(config.classes), IMAGE.size)
@@ -158,7 +159,8 @@ def _train_in_process(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, plan
     started = time.perf_counter()
     for epoch in range(epochs):
         loader = make_loader(x, y, plan.batch, seed * 1000 + epoch)
-        train_local(model, loader, optimizer, 1, torch.device("cpu"))
+        train_local(model, loader, optimizer, 1, torch.device("cpu"),
+                    augmentation=settings_for(config), seed=seed * 1000 + epoch)
     return model, time.perf_counter() - started
 
 
@@ -200,13 +202,14 @@ def _strategy_was_adaptive(run_dir: Path, rounds: int) -> bool:
 
 
 def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int, partition: str,
-               strategy: str = "fedavg", epsilon: float | None = None, augment: bool = False) -> dict[str, Any]:
+               strategy: str = "fedavg", epsilon: float | None = None, augment: bool = _DP.augment,
+               views: int = 1) -> dict[str, Any]:
     dp = epsilon is not None
     privacy = PrivacyPolicy(enabled=True, epsilon=epsilon) if dp else PrivacyPolicy(enabled=False)
     config = FederationConfig(
         rounds=plan.rounds, epochs=1, model=MODEL, image=IMAGE, seed=seed, strategy=strategy,
         batch_size=plan.batch, lr=plan.lr, dp_batch_size=plan.dp_batch, dp_lr=plan.dp_lr,
-        augment=augment,
+        augment=augment, augment_views=views,
         # With DP a site may decline a run whose noise would exceed its cap; the others
         # still train, as they would in a real federation.
         min_sites=1 if dp else SITES,
@@ -317,7 +320,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
             row = new(f"dp-eps{eps:g}", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={eps:g}, non-IID")
             for seed in seeds:
                 keep(_federated(npz, test, val, plan, row, work, seed, NON_IID, strategy=plan.dp_strategy,
-                                epsilon=eps, augment=_DP.augment))
+                                epsilon=eps))
     for key, label, kwargs in (ablations(plan) if "ablations" in plan.variants else ()):
         if wanted(key):
             keep(_federated(npz, test, val, plan, new(key, label), work, plan.seeds[0], NON_IID, **kwargs))
@@ -343,12 +346,15 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
 def ablations(plan: Plan) -> list[tuple[str, str, dict[str, Any]]]:
     """One-seed rows that each change one part of the recipe, to show what it is worth."""
     headline = plan.headline_epsilon
+    other = "fedavgm" if plan.dp_strategy == "fedavg" else "fedavg"
     return [
-        ("fedavg-noniid-augment", f"FedAvg, non-IID, with augmentation (no DP)", {"augment": True}),
-        (f"dp-eps{headline:g}-no-augment", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={headline:g}, "
-         "without augmentation", {"strategy": plan.dp_strategy, "epsilon": headline, "augment": False}),
-        (f"dp-eps{headline:g}-fedavg", f"FedAvg + DP-SGD ε={headline:g} (no server momentum)",
-         {"strategy": "fedavg", "epsilon": headline, "augment": _DP.augment}),
+        ("fedavg-noniid-no-augment", "FedAvg, non-IID, without augmentation (no DP)", {"augment": False}),
+        (f"dp-eps{headline:g}-views4", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={headline:g}, "
+         "augmentation with 4 views per record",
+         {"strategy": plan.dp_strategy, "epsilon": headline, "augment": True, "views": 4}),
+        # The other averaging: with server momentum if the recipe has none, and without if it has.
+        (f"dp-eps{headline:g}-{other}", f"{_strategy_label(other)} + DP-SGD ε={headline:g}",
+         {"strategy": other, "epsilon": headline}),
     ]
 
 

@@ -107,7 +107,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     torch.manual_seed(seed)
     model = _global_model(msg, config)
     device = pick_device()
-    optimizer = make_optimizer(model, config, dp=site.privacy.enabled)
+    optimizer = make_optimizer(model, config, dp=site.privacy.enabled, server_round=server_round)
     augmentation = settings_for(config)
     started = time.perf_counter()
     if not site.privacy.enabled:
@@ -139,7 +139,10 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
         training = make_private_training(
             model, optimizer, data.train_x, data.train_y, config.dp_batch_size,
             plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model,
-            augment=augmentation, views=config.augment_views if augmentation else 1)
+            # With DP a single augmented view per record measured worse than none
+            # (docs/privacy.md); augmentation then comes with K ≥ 2 views averaged per record.
+            augment=augmentation if config.augment_views > 1 else None,
+            views=config.augment_views if augmentation else 1)
         result = training.train(config.epochs, device)
         # The spend is recorded before the update leaves the site: a crash in between
         # over-counts, never under-counts.

@@ -38,8 +38,21 @@ DP_MOMENTUM = 0.9
 """Momentum of the SGD that DP-SGD sites train with (docs/privacy.md, "The DP recipe")."""
 
 
-def make_optimizer(model: nn.Module, config: FederationConfig, dp: bool = False) -> torch.optim.Optimizer:
-    """The local optimiser: the run's `optimizer`/`lr`, or with DP SGD with momentum at `dp_lr`.
+def dp_round_lr(config: FederationConfig, server_round: int) -> float:
+    """The DP learning rate of round `server_round` of `config.rounds`: cosine decay from
+    `dp_lr` (Loshchilov & Hutter 2017, "SGDR"), by round, so every site lowers it alike.
+
+    The last rounds' smaller steps add less noise to the final model: with DP-SGD the last
+    iterate carries the noise of its last steps, scaled by the learning rate.
+    """
+    progress = (min(max(server_round, 1), config.rounds) - 1) / config.rounds
+    return config.dp_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: FederationConfig, dp: bool = False,
+                   server_round: int = 1) -> torch.optim.Optimizer:
+    """The local optimiser: the run's `optimizer`/`lr`, or with DP SGD with momentum at
+    `dp_round_lr` (cosine-decayed `dp_lr`).
 
     DP-SGD's averaged gradient has a fixed norm bound (the clipping norm) plus noise; plain
     SGD with momentum turns that into steps proportional to the signal, while Adam's
@@ -47,7 +60,7 @@ def make_optimizer(model: nn.Module, config: FederationConfig, dp: bool = False)
     step of about lr, and a freshly built Adam's first step is lr·sign(g) on every weight.
     """
     if dp:
-        return torch.optim.SGD(model.parameters(), lr=config.dp_lr, momentum=DP_MOMENTUM)
+        return torch.optim.SGD(model.parameters(), lr=dp_round_lr(config, server_round), momentum=DP_MOMENTUM)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     return torch.optim.Adam(model.parameters(), lr=config.lr)

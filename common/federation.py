@@ -41,9 +41,11 @@ class FederationConfig:
     # momentum 0.9 on large Poisson batches (docs/privacy.md, "The DP recipe").
     dp_batch_size: int = 256
     dp_lr: float = 0.5
-    # Label-preserving augmentation at every site (fedmed.client.augmentation); flips only
-    # where left and right carry no meaning. augment_views: with DP-SGD, how many augmented
-    # views of each sampled record are averaged before its gradient is clipped (1 = one view).
+    # Label-preserving augmentation at the sites (fedmed.client.augmentation); flips only
+    # where left and right carry no meaning. Sites without DP augment every batch. A DP-SGD
+    # site augments only with augment_views = K ≥ 2: K augmented views of each sampled
+    # record averaged before its gradient is clipped (one view per record measured worse
+    # than none under DP; docs/privacy.md).
     augment: bool = True
     flips: bool = False
     augment_views: int = 1
