@@ -133,7 +133,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
                   f"{plan.planned_rounds} round(s), budget epsilon={site.privacy.epsilon:g} "
                   f"delta={plan.delta:.0e} (already spent {decision.spent_epsilon:.3f})", file=sys.stderr)
             check = noise_to_signal(plan.noise_multiplier, plan.sample_rate, len(data.train_y),
-                                    trainable_parameters(model))
+                                    trainable_parameters(model), plan.steps_per_round * plan.planned_rounds)
             if check.warning():
                 print(f"[fedmed site {site.name}] warning: {check.warning()}", file=sys.stderr)
         training = make_private_training(
