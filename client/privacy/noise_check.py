@@ -57,7 +57,8 @@ class NoiseCheck:
             f"multiplier {self.noise_multiplier:.2f}, expected batch {self.expected_batch:.0f} images, "
             f"{self.parameters:,} trainable weights; learning needs about {RUN_WARNING_RATIO:g}x or "
             "less over the run). Remedies: a larger epsilon, more training images at this site, "
-            "fewer rounds or local epochs at a larger batch, or a smaller model (--model dpcnn)."
+            "fewer rounds or local epochs at a larger batch, or a model with fewer weights "
+            "(--model dpcnn, if it is not the model already)."
         )
 
 
