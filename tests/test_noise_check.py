@@ -27,7 +27,7 @@ def test_the_benchmarks_large_site_with_the_old_cnn_at_epsilon_3_is_warned_with_
     assert check.over_run > RUN_WARNING_RATIO
     line = check.warning()
     assert line is not None and "\n" not in line
-    for remedy in ("larger epsilon", "more training images", "fewer rounds", "smaller model"):
+    for remedy in ("larger epsilon", "more training images", "fewer rounds", "fewer weights"):
         assert remedy in line
 
 
