@@ -464,38 +464,19 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
                      f"at seed 0: {sizes}), and a local epoch on such different label "
                      "mixes pulls the sites' models apart before they are averaged (client drift).")
         parts.append(text)
-    if "dp3" in h:
-        text = f"With record-level DP-SGD at ε = 3 per site (over the whole run), the AUC is {h['dp3']['auc']}."
-        seeds = _row_metric(util_rows.get("dp-eps3", {}), "auc")
-        if len(_finite(seeds)) > 1 and max(seeds) - min(seeds) > 0.2:
-            per_seed = ", ".join(f"{v:.3f}" for v in seeds)
-            text += (f" The seeds disagree ({per_seed}): where the AUC is below 0.5 the global model "
-                     "ranks the classes the wrong way round and DP's small, noisy steps do not undo "
-                     "that within the run (see the learning curves). Without DP the same label-skewed "
-                     "split also starts inverted at some seeds and recovers within two or three rounds; "
-                     "DP on label-skewed sites needs more rounds or a different optimiser setting than "
-                     "this benchmark gives it.")
-        parts.append(text)
-    if "dp8" in h and "gap" in h["dp8"]:
-        d = h["dp8"]
-        dp8_seeds = util_rows.get("dp-eps8", {}).get("seeds") or []
-        one = ""
-        if len(dp8_seeds) == 1:
-            # One DP seed against the no-DP mean; say also how it fares against its own seed.
-            fed_row = util_rows.get("fedavg-noniid", {})
-            same = [t["auc"] for sd, t in zip(fed_row.get("seeds", []), fed_row.get("test", []))
-                    if sd == dp8_seeds[0]]
-            one = f" (seed {dp8_seeds[0]} only"
-            if same and _finite(same):
-                one += f"; {same[0] - d['mean']:.3f} below the same seed without DP"
-            one += ")"
-        text = (f"At ε = 8 it is {d['auc']}{one}, {d['gap']:.3f} below FedAvg without DP; target ≤ "
-                f"{TARGETS['dp8_gap']} — {_verdict(d['met'])}.")
-        if not d["met"]:
-            notes = "; ".join(util_rows.get("dp-eps8", {}).get("notes", []))
-            text += (" Clipping every record's gradient to norm 1 and adding noise on sites of a few "
-                     "hundred images costs more than the budget leaves room for"
-                     + (f" ({notes})." if notes else "."))
+    central = util_rows.get("centralised")
+    for key, required, check in UTILITY_TARGETS:
+        row = util_rows.get(key)
+        if not key.startswith("dp-") or row is None or not row.get("test"):
+            continue
+        eps = key.removeprefix("dp-eps")
+        aucs = _row_metric(row, "auc")
+        per_seed = ", ".join(_num(v, 3) for v in aucs)
+        seeds = f"mean ± std over {len(aucs)} seeds: {per_seed}" if len(aucs) > 1 else f"one seed"
+        text = (f"With record-level DP-SGD at ε = {eps} per site (over the whole run; fedmed's DP recipe, "
+                f"docs/privacy.md) the AUC is {_pm(aucs)} ({seeds}); balanced accuracy at a threshold chosen "
+                f"on the validation splits {_pm(_row_metric(row, 'balanced_accuracy_at_threshold'))}; target "
+                f"{required} — {_verdict(check(row, central))}.")
         parts.append(text)
     if "dp_ratio" in h:
         d = h["dp_ratio"]
