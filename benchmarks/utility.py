@@ -216,7 +216,11 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
     )
     name = f"{row.key}-seed{seed}"
     sites = npz_sites(npz, SITES, partition, seed, work / name / "state", privacy)
-    run = simrun.run(name, sites, config, work / name / "run", time_eval=row.key == "fedavg-noniid")
+    # FEDMED_UTILITY_CPUS_PER_SITE=2 on a 2-core machine: one Ray actor takes the sites in
+    # turn, half the memory of two (a machine shared with other jobs can run out of it).
+    cpus = float(os.environ.get("FEDMED_UTILITY_CPUS_PER_SITE", "1"))
+    run = simrun.run(name, sites, config, work / name / "run", cpus_per_site=cpus,
+                     time_eval=row.key == "fedavg-noniid")
     if run.status != "completed":
         row.notes.append(f"seed {seed}: run {run.status}: {run.reason}")
         _log(f"{name}: {run.status}: {run.reason}")
