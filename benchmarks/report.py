@@ -213,13 +213,13 @@ def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[st
     lines += ["Targets (per seed):", "", "| row | target | measured |", "|---|---|---|"] + verdicts + [""]
     lines += [
         "What the rows show. *Centralised* and *Local only* bound the federation from above and below. "
-        "*FedAvg … non-IID* is the federation without DP (with and without the sites' augmentation). "
+        "*FedAvg … non-IID* is the federation without DP. "
         "The *DP-SGD* rows are fedmed's DP recipe (docs/privacy.md, \"The DP recipe\"): the `dpcnn` model "
         "(33 k weights instead of the `cnn` model's 421 k, so the noise per step is 3.6 times smaller), "
         "SGD with momentum and a cosine-decayed learning rate on Poisson batches of 256, plain FedAvg; each "
         "site's noise multiplier is planned for its own size and budget (notes below). Rows that change one "
-        "part of the recipe (server momentum, augmentation views) show what that part is worth; the effect of "
-        "each other choice, measured one by one, is in docs/privacy.md.",
+        "part of the recipe (server momentum, augmentation views), where the run has them, show what that part "
+        "is worth; the effect of each other choice, measured one by one, is in docs/privacy.md.",
         "",
     ]
     local = next((r for r in section["rows"] if r["key"] == "local"), None)
