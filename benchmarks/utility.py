@@ -267,8 +267,9 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
 
     After every row's run the rows so far are also written to ``work/utility-partial.json``,
     so a long run that is stopped still leaves what it measured. ``FEDMED_UTILITY_ROWS``
-    (comma-separated row keys) runs only those rows: a long section can then be split
-    across processes and their rows joined into one results.json."""
+    (comma-separated row keys) runs only those rows, ``FEDMED_UTILITY_DP_SEEDS`` only those
+    seeds of the DP rows: a long section can then be split across processes and their rows
+    joined into one results.json."""
     plan = SMOKE if smoke else FULL
     source = pneumonia.locate()
     if source is None:
@@ -282,6 +283,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     partial = Path(work) / "utility-partial.json"
     only = {k.strip() for k in os.environ.get("FEDMED_UTILITY_ROWS", "").split(",") if k.strip()}
+    only_seeds = {int(k) for k in os.environ.get("FEDMED_UTILITY_DP_SEEDS", "").split(",") if k.strip()}
 
     def wanted(key: str) -> bool:
         return not only or key in only
@@ -321,6 +323,8 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
             if not wanted(f"dp-eps{eps:g}"):
                 continue
             seeds = plan.seeds if every_seed or eps == plan.headline_epsilon else plan.seeds[:1]
+            if only_seeds:
+                seeds = tuple(sd for sd in seeds if sd in only_seeds)
             row = new(f"dp-eps{eps:g}", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={eps:g}, non-IID")
             for seed in seeds:
                 keep(_federated(npz, test, val, plan, row, work, seed, NON_IID, strategy=plan.dp_strategy,
