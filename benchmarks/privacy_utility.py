@@ -78,7 +78,10 @@ class Setup:
 
     def federation(self) -> FederationConfig:
         return FederationConfig(
+            # DP sites train with the DP recipe's SGD at dp_lr (FederationConfig); this study
+            # keeps its batch size for them too.
             rounds=self.rounds, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            dp_batch_size=self.batch_size,
             optimizer=self.optimizer, model="cnn", image=ImageSettings(size=self.image_size),
             min_sites=len(SITES), seed=self.seed,
         )

@@ -21,9 +21,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedmed.client.augmentation import settings_for
 from fedmed.client.privacy.disclosure import open_release
 from fedmed.client.privacy.dp_sgd import make_private_training
 from fedmed.client.privacy.ledger import LedgerError
+from fedmed.client.privacy.noise_check import trainable_parameters
 from fedmed.client.privacy.round import PrivacyRound
 from fedmed.client.site import Site, site_from_node_config
 from fedmed.client.training import make_loader, make_optimizer, pick_device, predict_proba, round_seed, train_local
@@ -117,30 +119,37 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     # optimizer leaves them as they are and DP-SGD neither clips nor noises them.
     apply_freeze(model, str(msg.content["config"].get(FREEZE_KEY, "none")))
     device = pick_device()
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, dp=site.privacy.enabled, server_round=server_round)
+    augmentation = settings_for(config)
     started = time.perf_counter()
     if not site.privacy.enabled:
         loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
-        result = train_local(model, loader, optimizer, config.epochs, device)
+        result = train_local(model, loader, optimizer, config.epochs, device,
+                             augmentation=augmentation, seed=seed)
         weights, privacy, count = model.cpu().state_dict(), {}, result.num_examples
     else:
         privacy_round = _privacy_round(msg, site, data, config)
-        decision = privacy_round.reserve_training(config.batch_size, config.epochs)
+        decision = privacy_round.reserve_training(config.dp_batch_size, config.epochs,
+                                                  trainable=trainable_parameters(model))
         if not decision.train:
             return Message(content=_train_reply(site, SiteStatus(decision.status), decision.reason,
                                                 {"epsilon": decision.spent_epsilon}), reply_to=msg)
         with privacy_round.training() as plan:
             train_x, train_y = privacy_round.training_records(data.train_x, data.train_y, data.train_patients)
             training = make_private_training(
-                model, optimizer, train_x, train_y, config.batch_size,
+                model, optimizer, train_x, train_y, config.dp_batch_size,
                 plan.noise_multiplier, site.privacy.max_grad_norm, privacy_round.training_seed(),
-                model_name=config.model)
+                model_name=config.model,
+                # With DP a single augmented view per record measured worse than none
+                # (docs/privacy.md); augmentation then comes with K >= 2 views averaged per record.
+                augment=augmentation if config.augment_views > 1 else None,
+                views=config.augment_views if augmentation else 1)
             result = training.train(config.epochs, device)
         weights = training.state_dict()
         privacy = {"epsilon": decision.epsilon_after, "noise_multiplier": plan.noise_multiplier,
                    "delta": plan.delta}
         # The count as the schedule already shows it (steps = ⌈N/B⌉ per epoch), not N.
-        count = training.schedule.steps_per_epoch * config.batch_size
+        count = training.schedule.steps_per_epoch * config.dp_batch_size
     metrics = {WEIGHT_KEY: count, "train_seconds": time.perf_counter() - started,
                "steps": result.steps, **privacy}
     content = _train_reply(site, SiteStatus.OK, "", metrics, ArrayRecord(weights))
@@ -158,7 +167,7 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
         values = {**open_release(probs, data.val_y), "dp_metrics": 0}
     else:
         refused, values = _privacy_round(msg, site, data, config).release_evaluation(
-            probs, data.val_y, config.batch_size, config.epochs)
+            probs, data.val_y, config.dp_batch_size, config.epochs)
         if refused is not None:
             status, reason = SiteStatus(refused.status), refused.reason
     metrics = MetricRecord({**values, "eval_seconds": time.perf_counter() - started})

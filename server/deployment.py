@@ -247,14 +247,15 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(out_dir, 0o700)
-        return _run(options, out_dir, config, resume_from, previous_run, material, keys, host, port, board, emit)
+        return _run(options, out_dir, config, resume_from, previous_run, material, keys, host, port, board, emit,
+                    transfer)
     finally:
         os.umask(previous_umask)
 
 
 def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume_from: int,
          previous_run: str | None, material, keys, host: str, port: int, board,
-         emit: Callable[[str], None]) -> int:
+         emit: Callable[[str], None], transfer: dict) -> int:
     if not options.resume:
         # A fresh run in a used folder starts from a clean SuperLink and clean outputs.
         for stale in (METRICS_FILE, STATUS_FILE, SITES_FILE, "superlink.db"):

@@ -45,8 +45,11 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
     for name, info in write_sites(data_dir, DEMO_SITES, images_per_site=images_per_site, seed=seed).items():
         emit(f"  {name}: {info}")
     # The synthetic sites are CT; declaring it makes the model say so, and predict warn on MR.
+    # The demo trains without DP, and on its few hundred 64×64 images with small nodules the
+    # original CNN (a dense layer over the whole feature map) learns within its few rounds,
+    # while the default `dpcnn`, built for DP-SGD, averages the map and measured AUC 0.78.
     config = FederationConfig(rounds=rounds, epochs=epochs, min_sites=len(DEMO_SITES), seed=seed,
-                              image=ImageSettings(modalities=("CT",)))
+                              model="cnn", image=ImageSettings(modalities=("CT",)))
     emit(f"federating {len(DEMO_SITES)} sites for {rounds} rounds of {epochs} local epochs "
          f"({config.model}, {config.image.size}x{config.image.size}); Flower's simulation engine starts first")
     # DP-SGD needs thousands of images per site to learn (docs/privacy.md); with the demo's

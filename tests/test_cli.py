@@ -130,7 +130,7 @@ def test_init_examples_are_accepted_by_their_commands(tmp_path, example, command
     (["simulate", "--out", "x"], "give exactly one of --data DIR or --npz FILE"),
     (["simulate", "--out", "x", "--data", "/nonexistent-site-root"], "--data /nonexistent-site-root"),
     (["simulate", "--out", "x", "--npz", "/nonexistent.npz"], "/nonexistent.npz"),
-    (["simulate", "--out", "x", "--data", ".", "--model", "vgg"], "model: expected one of cnn, resnet18"),
+    (["simulate", "--out", "x", "--data", ".", "--model", "vgg"], "model: expected one of cnn, dpcnn, resnet18"),
     (["data", "synth", "--out", "x", "--sites", ","], "--sites"),
 ])
 def test_bad_input_is_one_clear_line(args, message):

@@ -34,6 +34,7 @@ import numpy as np
 
 from .budget import BudgetDecision
 from .disclosure import DERIVED, open_release, private_release
+from .noise_check import noise_to_signal
 from .dp_sgd import dp_schedule
 from .ledger import GAUSSIAN, OPEN_RELEASE, LedgerEntry, PrivacyLedger, Reservation
 from .planning import RunPlan, load_plan, plan_noise_multiplier, plan_release_noise, save_plan
@@ -129,8 +130,10 @@ class PrivacyRound:
         return self._plan
 
     # ------------------------------------------------------------------ train
-    def reserve_training(self, batch_size: int, epochs: int) -> BudgetDecision:
-        """Plan, then check and record this round's DP-SGD spend in one locked step."""
+    def reserve_training(self, batch_size: int, epochs: int, trainable: int | None = None) -> BudgetDecision:
+        """Plan, then check and record this round's DP-SGD spend in one locked step.
+        With `trainable` (the model's trained weights), the first round of a plan also
+        warns when the plan's noise would swamp the signal (`noise_check`)."""
         plan = self.plan(batch_size, epochs)
         if plan.noise_multiplier is None:
             spent = self.ledger.spent(self.delta)
@@ -148,6 +151,11 @@ class PrivacyRound:
                           + (f", metric releases at noise {plan.release_noise:.2f}" if plan.release_noise else "")
                           + f", budget epsilon={self.policy.epsilon:g} delta={plan.delta:.0e} "
                           f"(already spent {decision.spent_epsilon:.3f})")
+                if trainable:
+                    check = noise_to_signal(plan.noise_multiplier, plan.sample_rate, self.n_train, trainable,
+                                            plan.steps_per_round * plan.planned_rounds)
+                    if (warning := check.warning()) is not None:
+                        self._say(f"warning: {warning}")
         else:
             self._say(f"round {self.server_round}: not training: {decision.reason}")
         return decision
@@ -190,7 +198,11 @@ class PrivacyRound:
         """DP-SGD's seed (Poisson sampling, noise, dropout) for this round: keyed by the
         site's secret, so the coordinator cannot replay the sampling or subtract the noise
         (the guarantee assumes both are hidden from it; Abadi et al. 2016, §3.1)."""
-        return self._secret_seed("dp-sgd") % 2**63
+        # Not keyed by the run's ID (a fresh one each run): the ledger's length already makes
+        # every round of every run on this data draw afresh, and a simulation stays repeatable.
+        digest = hashlib.sha256(
+            _site_secret(self.state_dir) + f":dp-sgd:{self.server_round}:{len(self.ledger)}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") % 2**63
 
     # ------------------------------------------------------------------ helpers
     def _secret_seed(self, purpose: str) -> int:
