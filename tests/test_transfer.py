@@ -25,7 +25,7 @@ from fedmed.common.settings import ImageSettings
 from fedmed.common.starting_model import load_starting_model, transfer_meta
 from fedmed.server.deployment import DeploymentError, ServerOptions, start_server
 
-CNN = FederationConfig(image=ImageSettings(size=16), seed=1)
+CNN = FederationConfig(model="cnn", image=ImageSettings(size=16), seed=1)
 
 
 def _saved(path: Path, config: FederationConfig, seed: int = 5) -> Path:
