@@ -25,7 +25,7 @@ from fedmed.common.settings import ImageSettings
 from fedmed.common.starting_model import load_starting_model, transfer_meta
 from fedmed.server.deployment import DeploymentError, ServerOptions, start_server
 
-CNN = FederationConfig(model="cnn", image=ImageSettings(size=16), seed=1)
+CNN = FederationConfig(image=ImageSettings(size=16), seed=1)
 
 
 def _saved(path: Path, config: FederationConfig, seed: int = 5) -> Path:
@@ -80,7 +80,7 @@ def test_a_fedmed_model_starts_a_matching_federation_only(tmp_path: Path):
     saved = load_checkpoint(path)["state_dict"]
     assert start.source == "fedmed" and start.fresh == ()
     assert all(torch.equal(start.state_dict[k], v) for k, v in saved.items())
-    for other, hint in ((CNN.with_(model="resnet18"), "--model cnn"),
+    for other, hint in ((CNN.with_(model="resnet18"), f"--model {CNN.model}"),
                         (CNN.with_(classes=("a", "b")), "--classes normal,abnormal"),
                         (CNN.with_(image=ImageSettings(size=32)), "--image-size 16")):
         with pytest.raises(ValueError, match=hint) as info:
