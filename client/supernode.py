@@ -77,9 +77,11 @@ def _toml_string(value: str, flag: str) -> str:
     return f"'{value}'"
 
 
-def _toml_value(value: object) -> str:
+def _toml_value(value: object, key: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):  # the privacy unit, --new-ledger's reason
+        return _toml_string(value, key)
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
@@ -90,7 +92,7 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
         f"site={_toml_string(options.site, '--site')}",
         f"data-dir={_toml_string(str(Path(options.data_dir).resolve()), '--data')}",
         f"state-dir={_toml_string(str(state_dir), '--state')}",
-        *(f"{key}={_toml_value(value)}" for key, value in options.privacy.to_node_config().items()),
+        *(f"{key}={_toml_value(value, key)}" for key, value in options.privacy.to_node_config().items()),
     ])
     cmd = [executable("flower-supernode"), "--superlink", options.server,
            "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port),
