@@ -214,11 +214,11 @@ def test_patient_level_privacy(synthetic_sites: Path, tmp_path: Path):
     rows = _ledger_rows(state / "A")
     assert {r["unit"] for r in rows} == {"patient"}
     (training,) = [r for r in rows if r["mechanism"] == "dp-sgd"]
-    assert training["sample_rate"] == pytest.approx(1 / math.ceil(patients / config.batch_size))
+    assert training["sample_rate"] == pytest.approx(1 / math.ceil(patients / config.dp_batch_size))
     assert training["data"] == data.patient_fingerprint != data.fingerprint
     history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
     assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)
     assert rows[-1]["epsilon"] <= BUDGET
     (row,) = read_metrics(tmp_path / "run")
     # the train reply's count is the schedule's: ⌈P/B⌉·B, over patients
-    assert row["sites"]["A"]["num_train_examples"] == math.ceil(patients / config.batch_size) * config.batch_size
+    assert row["sites"]["A"]["num_train_examples"] == math.ceil(patients / config.dp_batch_size) * config.dp_batch_size
