@@ -13,8 +13,10 @@ module the bundle names. This one, started next to the SuperNode by `fedmed clie
 4. if not, replies "declined: app-not-approved" without touching the site's data or
    model, and logs the refusal at the site with the bundle's hash.
 
-Tasks run in this one process, so torch is imported once per site rather than once per
-message, and decoded images stay in memory between rounds; their ClientApp calls run
+It does not poll for tasks: it sleeps until the SuperNode signals that one is waiting
+(`client/task_signal.py`), looking on its own only every `IDLE_CHECK_S` seconds in case
+a signal was missed. Tasks run in this one process, so torch is imported once per site
+rather than once per message, and decoded images stay in memory between rounds; their ClientApp calls run
 one at a time.
 
 Limits: the SuperNode's Runtime API listens on loopback without authentication, so a
@@ -44,9 +46,11 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedmed.client.app_approval import AppApproval
+from fedmed.client.task_signal import TaskSignal
 from fedmed.common.protocol import SITE_KEY, SiteStatus
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # without a wake-up pipe
+IDLE_CHECK_S = 5.0  # with one: a missed signal costs at most this
 
 
 def _client(address: str, *interceptors) -> RuntimeHttpClient:
@@ -99,12 +103,14 @@ def run_task(address: str, token: str, approval: AppApproval, client_app) -> Non
             client.close()
 
 
-def serve(address: str, approval: AppApproval) -> None:
-    """Take ClientApp tasks from the SuperNode at `address` until stopped."""
+def serve(address: str, approval: AppApproval, wake: Path | None = None) -> None:
+    """Take ClientApp tasks from the SuperNode at `address` until stopped; between
+    tasks, sleep until the SuperNode signals on `wake` (or poll, without one)."""
     # fedmed's installed ClientApp, never the bundle's. Imported before the first task
     # arrives: it brings torch, whose import would otherwise eat into round 1's timeout.
     from fedmed.client.app import app as client_app
 
+    signal = TaskSignal(wake) if wake is not None else None
     acquirer = _client(address)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     while True:
@@ -115,6 +121,8 @@ def serve(address: str, approval: AppApproval) -> None:
             # waits out Flower's pull timeout there instead of blocking the next run.
             threading.Thread(target=run_task, args=(address, response.token, approval, client_app),
                              name=f"task-{response.task.task_id}", daemon=True).start()
+        elif signal is not None:
+            signal.wait(IDLE_CHECK_S)
         else:
             time.sleep(POLL_SECONDS)
 
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=None, help="site state folder (refusal log)")
     parser.add_argument("--approve", action="append", default=[], help="extra approved bundle SHA-256")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--wake", type=Path, default=None, help="the SuperNode's task-waiting pipe")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[fedmed site {args.site}] runs only approved app bundles: "
           f"{', '.join(sorted(approval.approved))}", flush=True)
     try:
-        serve(args.runtime_api_address, approval)
+        serve(args.runtime_api_address, approval, args.wake)
     except KeyboardInterrupt:
         return 0
     return 0

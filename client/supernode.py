@@ -27,10 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmed.client import fleet_polling
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.site import default_state_dir
+from fedmed.client.task_signal import signal_path
 from fedmed.common.certs import CertError, site_material
-from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop
+from fedmed.common.processes import flower_env, free_port, split_address, start, stop
 from fedmed.common.settings import DEFAULT_CLASSES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -81,7 +83,8 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
         f"state-dir={_toml_string(str(state_dir), '--state')}",
         *(f"{key}={_toml_value(value)}" for key, value in options.privacy.to_node_config().items()),
     ])
-    cmd = [executable("flower-supernode"), "--superlink", options.server,
+    # Flower's SuperNode, started through fedmed's request pacing (`fleet_polling`).
+    cmd = [*fleet_polling.command(signal_path(state_dir)), "--superlink", options.server,
            "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port),
            "--isolation", "process"]
     if options.insecure:
@@ -115,7 +118,8 @@ def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path)
         raise ClientSetupError(str(exc)) from None
     cmd = [sys.executable, "-m", "fedmed.client.app_executor",
            "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--site", options.site,
-           "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid())]
+           "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid()),
+           "--wake", str(signal_path(state_dir).resolve())]
     for value in approved:
         cmd += ["--approve", value]
     return cmd

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models.resnet import BasicBlock
 
-MODEL_NAMES = ("cnn", "resnet18")
+from fedmed.common.federation import MODEL_NAMES  # noqa: F401 — the names live with the config
 
 
 class SmallCNN(nn.Module):

@@ -36,16 +36,16 @@ from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
 from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop, wait_for_port
 from fedmed.server import progress
-from fedmed.server.app import RUN_CONFIG_KEY
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
-from fedmed.server.flower_app import write_app_dir
+from fedmed.server.flower_app import RUN_CONFIG_KEY, write_app_dir
 from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_status,
                                    write_json, write_run_report)
 from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SUPEREXEC_POLL_S = "0.25"
 
 
 class DeploymentError(RuntimeError):
@@ -224,7 +224,9 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
         link_host, link_port = "127.0.0.1", free_port()
     connect_host = "127.0.0.1" if link_host in ("0.0.0.0", "::") else link_host
     home = _flwr_home(out_dir, f"{connect_host}:{link_port}", material.ca_cert if material else None)
-    env = flower_env({"FLWR_HOME": str(home)})
+    # The SuperLink's executor looks for the run's ServerApp task every second by default;
+    # Flower lets this be set (0.01–60 s). It only asks the SuperLink on loopback.
+    env = flower_env({"FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
     logs = [open(out_dir / "superlink.log", "ab")]
     cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
            "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]

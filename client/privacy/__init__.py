@@ -9,29 +9,29 @@ These three are pure accounting and files (no torch); the DP-SGD training itself
 site's policy are in `dp_sgd` and `policy`.
 """
 
-from .accounting import (
-    AccountingError,
-    can_afford,
-    default_delta,
-    epsilon,
-    merge_history,
-    plan_noise_multiplier,
-    rounds_affordable,
-)
-from .budget import BudgetDecision, decide_round
-from .ledger import LedgerEntry, LedgerError, PrivacyLedger
+from importlib import import_module
 
-__all__ = [
-    "AccountingError",
-    "BudgetDecision",
-    "LedgerEntry",
-    "LedgerError",
-    "PrivacyLedger",
-    "can_afford",
-    "decide_round",
-    "default_delta",
-    "epsilon",
-    "merge_history",
-    "plan_noise_multiplier",
-    "rounds_affordable",
-]
+# Where each name lives. Loaded on first use (PEP 562), so that `policy`, which the site's
+# launcher reads, does not pull in Opacus and torch through this package.
+_HOMES = {
+    "AccountingError": "accounting",
+    "can_afford": "accounting",
+    "default_delta": "accounting",
+    "epsilon": "accounting",
+    "merge_history": "accounting",
+    "plan_noise_multiplier": "accounting",
+    "rounds_affordable": "accounting",
+    "BudgetDecision": "budget",
+    "decide_round": "budget",
+    "LedgerEntry": "ledger",
+    "LedgerError": "ledger",
+    "PrivacyLedger": "ledger",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)
