@@ -15,6 +15,10 @@ which changes only how long it waits:
   With the SuperNode's heartbeat (about one per 20 s) an idle site makes under one
   request per 2 s; a busy one at most 4 per second while it waits for the others.
   While the ClientApp trains the SuperNode asks nothing: it waits for the reply.
+- before the SuperNode connects, the launcher waits until the coordinator's port
+  accepts a TCP connection (looking every 0.1 s, growing to 1 s). A SuperNode started
+  before its coordinator otherwise retries with Flower's exponential back-off and joins
+  up to tens of seconds after the coordinator is up.
 - after the SuperNode has stored a message and created its task it confirms the message
   to the coordinator (`confirm_message_received`, the connection's last function); the
   wrapper then wakes the site's executor through `task_signal`, so the task starts now
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -43,7 +48,7 @@ from fedmed.common.backoff import Backoff
 
 BUSY_FLOOR_S = 0.05
 BUSY_CAP_S = 0.25
-IDLE_S = 2.5
+IDLE_S = 3.0
 ACTIVE_WINDOW_S = 15.0
 # A run whose sites are slow leaves long gaps between messages; a site stays "active" for
 # this many times the longest gap it has seen (up to MAX_WINDOW_S) so it does not drop
@@ -51,6 +56,8 @@ ACTIVE_WINDOW_S = 15.0
 GAP_FACTOR = 1.5
 MAX_WINDOW_S = 300.0
 REPLY_CHECK_S = 0.02
+CONNECT_FLOOR_S = 0.1
+CONNECT_CAP_S = 1.0
 FLOWER_REPLY_WAIT_S = 0.5
 
 
@@ -167,6 +174,22 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
     return pacing
 
 
+def wait_for_coordinator(address: str, timeout: float | None = None) -> bool:
+    """Block until `address` (HOST:PORT) accepts a TCP connection; False on timeout."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    pace = Backoff(CONNECT_FLOOR_S, CONNECT_CAP_S)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2.0):
+                return True
+        except OSError:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(pace.next())
+
+
 def command(wake: Path) -> list[str]:
     """The command that starts the SuperNode through this module; Flower's
     `flower-supernode` flags follow it."""
@@ -187,7 +210,10 @@ def main(argv: list[str] | None = None) -> None:
               "running it unpaced (3 s polls)", file=sys.stderr, flush=True)
     from flwr.supernode.cli import flower_supernode
 
-    sys.argv = ["flower-supernode", *argv[split + 1:]]
+    flower_args = argv[split + 1:]
+    if "--superlink" in flower_args[:-1]:
+        wait_for_coordinator(flower_args[flower_args.index("--superlink") + 1])
+    sys.argv = ["flower-supernode", *flower_args]
     flower_supernode()
 
 
