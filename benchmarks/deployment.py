@@ -28,6 +28,7 @@ from fedmed.common.processes import free_port, start, stop
 from benchmarks.proctree import TreeMemory
 
 _CHUNK = 1 << 16
+_REQUEST = b"POST /v1/fleet/"
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Relay:
     up: int = 0      # site -> coordinator
     down: int = 0    # coordinator -> site
     connections: int = 0
+    requests: int = 0  # Fleet API requests (HTTP request lines going up)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -64,14 +66,20 @@ class Relay:
             threading.Thread(target=self._pump, args=(upstream, client, "down"), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        tail = b""
         try:
             while True:
                 data = src.recv(_CHUNK)
                 if not data:
                     break
                 dst.sendall(data)
+                # Plain HTTP (--insecure): a request line may straddle two reads.
+                seen = tail + data
+                tail = seen[-(len(_REQUEST) - 1):]
                 with self._lock:
                     setattr(self, direction, getattr(self, direction) + len(data))
+                    if direction == "up":
+                        self.requests += seen.count(_REQUEST)
         except OSError:
             pass
         finally:
@@ -84,6 +92,10 @@ class Relay:
     def counts(self) -> tuple[int, int]:
         with self._lock:
             return self.up, self.down
+
+    def request_count(self) -> int:
+        with self._lock:
+            return self.requests
 
     def close(self) -> None:
         self._closed = True
@@ -106,7 +118,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
-        batch_size: int, timeout: float) -> dict[str, Any]:
+        batch_size: int, timeout: float, extra: list[str] | None = None) -> dict[str, Any]:
     """Run the federation; return per-round timings, bytes per site and memory."""
     work.mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
@@ -116,12 +128,13 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
     started = time.perf_counter()
     boundaries: list[dict[str, Any]] = []
     load_before = os.getloadavg()[0]
-    with TreeMemory() as memory:
+    # The processes this starts (coordinator and sites), not this process and its relays.
+    with TreeMemory(include_root=False) as memory:
         server = _start(fedmed + [
             "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
             "--rounds", str(rounds), "--min-sites", str(len(sites)), "--out", str(run_dir),
             "--image-size", str(image_size), "--batch-size", str(batch_size),
-            "--round-timeout", "300", "--seed", "0",
+            "--round-timeout", "300", "--seed", "0", *(extra or []),
         ], work / "server.log")
         clients = [
             _start(fedmed + [
@@ -138,7 +151,8 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
                 rows = _rows(run_dir / "metrics.jsonl")
                 while len(boundaries) < len(rows):
                     boundaries.append({"t": time.perf_counter() - started,
-                                       "bytes": {s: relays[s].counts() for s in sites}})
+                                       "bytes": {s: relays[s].counts() for s in sites},
+                                       "requests": {s: relays[s].request_count() for s in sites}})
                 code = server.poll()
                 if code is not None:
                     break
@@ -152,6 +166,7 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
     rows = _rows(run_dir / "metrics.jsonl")
     per_round = []
     previous = {s: (0, 0) for s in sites}
+    previous_requests = {s: 0 for s in sites}
     for row, mark in zip(rows, boundaries):
         per_round.append({
             "round": row["round"],
@@ -161,8 +176,9 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
             "status": {k: v.get("status", "?") for k, v in row["sites"].items()},
             "bytes_up": {s: mark["bytes"][s][0] - previous[s][0] for s in sites},
             "bytes_down": {s: mark["bytes"][s][1] - previous[s][1] for s in sites},
+            "requests": {s: mark["requests"][s] - previous_requests[s] for s in sites},
         })
-        previous = mark["bytes"]
+        previous, previous_requests = mark["bytes"], mark["requests"]
     log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""
     return {
         "exit_code": code,

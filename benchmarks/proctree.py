@@ -78,6 +78,9 @@ class TreeMemory:
 
     root: int = field(default_factory=os.getpid)
     interval: float = 0.5
+    # False: only what `root` started (a benchmark measuring the processes it launches,
+    # not itself).
+    include_root: bool = True
     peak_rss: int = 0          # bytes, sum over the tree at its largest sample
     peak_pss: int = 0
     peak_processes: int = 0
@@ -92,6 +95,8 @@ class TreeMemory:
     def sample(self) -> None:
         rss = pss = 0
         pids = descendants(self.root)
+        if not self.include_root:
+            pids = [pid for pid in pids if pid != self.root]
         for pid in pids:
             base = _PROC / str(pid)
             r = _kib_field(base / "status", "VmRSS")

@@ -6,7 +6,9 @@ Two processes run at the site:
   over TLS, checking the coordinator's certificate against the federation CA
   (`--certs DIR/ca.crt`) and authenticating with the site's enrolled key
   (`--certs DIR/SITE.key`). It runs in `--isolation process`: it queues each message
-  and runs nothing itself;
+  and runs nothing itself. It is started through `client/fleet_polling.py`, which asks
+  for messages quickly while a run is active and slowly when idle, and wakes the
+  executor when a task is queued;
 - fedmed's executor (`client/app_executor.py`), which takes those messages and runs
   fedmed's installed ClientApp on them — but only for runs whose app bundle the site
   approved (`client/app_approval.py`); any other run is declined and logged here.
