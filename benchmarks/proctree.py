@@ -66,10 +66,15 @@ def process_kind(pid: int) -> str:
         argv = (_PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return "gone"
-    first = argv[0].decode(errors="replace") if argv else ""
+    args = [a.decode(errors="replace") for a in argv if a]
+    first = args[0] if args else ""
     if first.startswith("ray::"):
         return first.split()[0]
-    return Path(first).name or "?"
+    name = Path(first).name or "?"
+    # A Python process is named for what it runs: its script or `-m` module.
+    if name.startswith("python") and len(args) > 1:
+        return args[2] if args[1] == "-m" and len(args) > 2 else Path(args[1]).name
+    return name
 
 
 @dataclass

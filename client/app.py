@@ -22,9 +22,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedmed.client.privacy.disclosure import suppress_small_cells
-from fedmed.client.privacy.dp_sgd import make_private_training
-from fedmed.client.privacy.ledger import LedgerError, PrivacyLedger
-from fedmed.client.privacy.run_plan import decide, plan_run
 from fedmed.client.site import Site, site_from_node_config
 from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
 from fedmed.common.federation import FederationConfig
@@ -65,7 +62,9 @@ def _report_failure(site_name: str, stage: str, exc: BaseException) -> str:
     from fedmed.client.errors import SafeError
 
     # A ledger refusal names only the site's own state folder, and the admin must see it.
-    if isinstance(exc, (SafeError, LedgerError)):
+    # (Only a DP round raises one, and it has loaded the ledger module.)
+    ledger = sys.modules.get("fedmed.client.privacy.ledger")
+    if isinstance(exc, (SafeError, *((ledger.LedgerError,) if ledger else ()))):
         print(f"[fedmed site {site_name}] {stage} failed: {exc}", file=sys.stderr)
     else:
         frames = traceback.extract_tb(exc.__traceback__)
@@ -112,6 +111,12 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
         result = train_local(model, loader, optimizer, config.epochs, device)
         weights, privacy = model.cpu().state_dict(), {}
     else:
+        # Opacus and the accountants are loaded by the first DP round only: a site training
+        # without DP keeps them (and their memory) out of its executor.
+        from fedmed.client.privacy.dp_sgd import make_private_training
+        from fedmed.client.privacy.ledger import PrivacyLedger
+        from fedmed.client.privacy.run_plan import decide, plan_run
+
         ledger = PrivacyLedger.open(site.state_dir, data.fingerprint)
         plan = plan_run(ledger, site.privacy, run=str(msg.metadata.run_id), server_round=server_round,
                         total_rounds=config.rounds, n_train=len(data.train_y),
