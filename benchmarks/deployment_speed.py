@@ -143,6 +143,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         "idle_rate": idle.get("per_s"),
     }
     return {
+        "measured_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "config": {"rounds": config.rounds, "per_site": size["per_site"], "batch": 32, "image": 28,
                    "model": "cnn", "optimizer": "sgd", "epochs": 1},
         "rows": [

@@ -99,7 +99,11 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     dep = [r for r in over if r["setting"] == "deployment" and r.get("wall_s")]
     if dep:
         out["deployment_overhead"] = {"seconds": dep[0]["overhead_s"], "fraction": dep[0]["overhead_fraction"],
-                                      "wall": dep[0]["wall_s"]}
+                                      "wall": dep[0]["wall_s"],
+                                      "paced": bool(sections.get("overhead", {}).get("paced"))}
+    speed = sections.get("speed", {})
+    if speed.get("figures"):
+        out["speed"] = {"figures": speed["figures"], "met": speed["met"], "load": speed.get("load", {})}
     return out
 
 
@@ -228,8 +232,12 @@ def _overhead(section: dict[str, Any], figures: dict[str, str | None]) -> list[s
         f"Synthetic rows: the same 3 synthetic DICOM sites ({cfg['images_per_site']} images each, "
         f"`cnn` on {cfg['image']}×{cfg['image']}, batch {cfg['batch']}, {cfg['rounds']} rounds, no DP) in "
         "Flower's simulation engine and as a real deployment on loopback (`fedmed server start "
-        "--insecure` + 3 × `fedmed client --insecure --no-dp`; in Flower 1.42 the SuperNodes and the "
-        "coordinator poll for messages every 3 s). PneumoniaMNIST rows: the FedAvg non-IID runs of "
+        "--insecure` + 3 × `fedmed client --insecure --no-dp`"
+        + ("; the SuperNodes and the coordinator ask for messages at fedmed's adaptive pace, see section 6). "
+           if section.get("paced") else
+           "; measured with Flower 1.42's fixed 3 s polls at the SuperNodes and the coordinator, before "
+           "fedmed paced them: section 6 measures the paced deployment). ")
+        + "PneumoniaMNIST rows: the FedAvg non-IID runs of "
         "section 1. *Data load*: the slowest site's time to load its data (timed outside the run); a "
         "simulation's actor keeps one site's data in memory (`_DATA_MEMO` in `client/app.py`), so "
         "with more sites than actors it reloads a site's data whenever it switches site, and that "
@@ -371,7 +379,8 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         "simulation engine, then a real deployment on loopback (`fedmed server start --insecure` + 3 × "
         "`fedmed client --insecure --no-dp`, each site through a relay counting its bytes and Fleet API "
         "requests). Both start with empty site state, so both decode their images in round 1. "
-        f"{section.get('cores', '?')} CPU cores, shared with other work during the sitting: load average "
+        f"Measured {section.get('measured_utc', '?')} UTC on {section.get('cores', '?')} CPU cores, shared "
+        "with other work during the sitting: load average "
         f"{_num(load.get('start'), 1)} at the start, {_num(load.get('end'), 1)} at the end.",
         "",
         "| figure | measured | target | |",
@@ -543,9 +552,20 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
     if "deployment_overhead" in h:
         o = h["deployment_overhead"]
         parts.append(f"A real deployment on loopback spends {o['seconds']:.1f} s of a {o['wall']:.1f} s round "
-                     f"({100 * o['fraction']:.0f} %) outside training and evaluation; in Flower 1.42 the "
-                     "SuperNodes and the coordinator poll every 3 s, so every hop of a message can wait "
-                     "up to 3 s.")
+                     f"({100 * o['fraction']:.0f} %) outside training and evaluation"
+                     + ("." if o["paced"] else
+                        " (measured with Flower 1.42's fixed 3 s polls, before fedmed paced them)."))
+    if "speed" in h:
+        sp, met = h["speed"]["figures"], h["speed"]["met"]
+        parts.append(
+            f"Deployment against simulation, same task and sitting (load average "
+            f"{_num(h['speed']['load'].get('start'), 0)}–{_num(h['speed']['load'].get('end'), 0)} on this shared "
+            f"machine): a deployed round takes {_num(sp['round_gap_s'], 2)} s longer than a simulated one (target "
+            f"≤ 1 s, {_verdict(met['round_gap_s'])}), launch to the end of round 1 {_num(sp['round1_s'], 1)} s "
+            f"(≤ 15 s, {_verdict(met['round1_s'])}), peak PSS of coordinator and 3 sites "
+            f"{_num(sp['pss_mib'] * 2**20 / 1e9, 2)} GB (≤ 2.0 GB, {_verdict(met['pss_mib'])}), `fedmed --help` "
+            f"{_num(sp['help_s'], 2)} s (≤ 1 s, {_verdict(met['help_s'])}), an idle site "
+            f"{_num(sp['idle_rate'], 2)} requests/s (≤ 0.5, {_verdict(met['idle_rate'])}).")
     if link:
         parts.append("Details, setup and machine: [docs/benchmarks.md](docs/benchmarks.md).")
     return " ".join(parts) + "\n"
