@@ -107,8 +107,8 @@ def _fedmed_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fedmed.cli.main"]
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return start(cmd, open(log, "wb"), dict(os.environ))
+def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return start(cmd, open(log, "wb"), {**os.environ, **(env or {})})
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -118,7 +118,8 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
-        batch_size: int, timeout: float, extra: list[str] | None = None) -> dict[str, Any]:
+        batch_size: int, timeout: float, extra: list[str] | None = None,
+        site_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the federation; return per-round timings, bytes per site and memory."""
     work.mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
@@ -141,7 +142,7 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
                 "client", "--site", site, "--data", str(data_root / site),
                 "--server", f"127.0.0.1:{relays[site].port}", "--state", str(work / "state" / site),
                 "--insecure", "--no-dp",
-            ], work / f"client-{site}.log")
+            ], work / f"client-{site}.log", site_env)
             for site in sites
         ]
         code = None

@@ -5,7 +5,8 @@ The task: three sites of real PneumoniaMNIST images (each site a DICOM folder of
 training images), `cnn` on 28×28, one local epoch, batch 32, SGD, no DP. First Flower's
 simulation engine runs it (`simrun`), then a real deployment on loopback
 (`fedmed server start --insecure` + three `fedmed client --insecure --no-dp`, each site
-through a relay that counts its bytes and Fleet API requests, `deployment.run`). Both
+through a relay that counts its bytes and Fleet API requests, `deployment.run`; each
+site's processes with one compute thread, as the simulation gives each site one CPU). Both
 start with empty site state, so both decode their images in round 1.
 
 Figures:
@@ -40,6 +41,11 @@ from fedmed.simulations.sites import dicom_sites
 from benchmarks import deployment, pneumonia, simrun
 
 SITES = ("A", "B", "C")
+# The simulation gives each site one CPU (one thread per Ray actor); the deployed sites
+# get the same, so that both runs do the same compute. Three sites with torch's default
+# of one thread per core would oversubscribe the cores, and torch's threads spin while
+# they wait: on a loaded machine that alone made deployed training several times slower.
+ONE_CPU = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FULL = {"rounds": 6, "per_site": 750, "idle_s": 30.0}
 SMOKE = {"rounds": 2, "per_site": 40, "idle_s": 6.0}
 # Issue targets: round gap s, launch → end of round 1 s, peak PSS MiB (2.0 GB), --help s,
@@ -118,7 +124,8 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
                      config, work / "sim-run")
     _log("deployment on loopback")
     dep = deployment.run(data, SITES, work / "deployment", rounds=config.rounds, image_size=28, batch_size=32,
-                         timeout=900.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"])
+                         timeout=900.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
+                         site_env=ONE_CPU)
     _log("idle site request rate")
     idle = idle_rate(data / "A", work / "idle", size["idle_s"])
     _log("fedmed --help")

@@ -378,7 +378,8 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         f"{cfg['batch']}, {cfg['optimizer'].upper()}, no DP, {cfg['rounds']} rounds; first Flower's "
         "simulation engine, then a real deployment on loopback (`fedmed server start --insecure` + 3 × "
         "`fedmed client --insecure --no-dp`, each site through a relay counting its bytes and Fleet API "
-        "requests). Both start with empty site state, so both decode their images in round 1. "
+        "requests, and with one compute thread, `OMP_NUM_THREADS=1`, as the simulation gives each site one "
+        "CPU). Both start with empty site state, so both decode their images in round 1. "
         f"Measured {section.get('measured_utc', '?')} UTC on {section.get('cores', '?')} CPU cores, shared "
         "with other work during the sitting: load average "
         f"{_num(load.get('start'), 1)} at the start, {_num(load.get('end'), 1)} at the end.",
