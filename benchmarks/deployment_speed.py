@@ -154,7 +154,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         "config": {"rounds": config.rounds, "per_site": size["per_site"], "batch": 32, "image": 28,
                    "model": "cnn", "optimizer": "sgd", "epochs": 1},
         "rows": [
-            {"setting": "simulation", "status": sim.status, "round_s": sim.round_s,
+            {"setting": "simulation", "status": sim.status, "reason": sim.reason[:300], "round_s": sim.round_s,
              "median_round_s": sim_median, "round1_s": sim.round_s[0] if sim.round_s else None,
              "total_s": sim.total_s, "memory": sim.memory, "train_median_s": train["simulation"]},
             {"setting": "deployment", "status": "completed" if dep["completed"] else f"failed (exit {dep['exit_code']})",

@@ -422,7 +422,10 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         "",
     ]
     reasons = []
-    if not met["round_gap_s"] and _finite([dep["train_median_s"], sim["train_median_s"]]):
+    if sim["status"] != "completed":
+        reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
+                       "so the round gap is measured only over the rounds it finished, if any")
+    if not met["round_gap_s"] and len(_finite([dep["train_median_s"], sim["train_median_s"]])) == 2:
         reasons.append(
             f"round gap: a deployed site's training took {_num(dep['train_median_s'], 2)} s (median) against "
             f"{_num(sim['train_median_s'], 2)} s in the simulation — three sites train at once on "
