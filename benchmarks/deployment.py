@@ -153,7 +153,8 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
                 while len(boundaries) < len(rows):
                     boundaries.append({"t": time.perf_counter() - started,
                                        "bytes": {s: relays[s].counts() for s in sites},
-                                       "requests": {s: relays[s].request_count() for s in sites}})
+                                       "requests": {s: relays[s].request_count() for s in sites},
+                                       "cpu_s": memory.cpu_seconds()})
                 code = server.poll()
                 if code is not None:
                     break
@@ -178,6 +179,7 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
             "bytes_up": {s: mark["bytes"][s][0] - previous[s][0] for s in sites},
             "bytes_down": {s: mark["bytes"][s][1] - previous[s][1] for s in sites},
             "requests": {s: mark["requests"][s] - previous_requests[s] for s in sites},
+            "cpu_s": mark["cpu_s"],
         })
         previous, previous_requests = mark["bytes"], mark["requests"]
     log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""

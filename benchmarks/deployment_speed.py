@@ -147,6 +147,14 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
                                     or [float("nan")]),
     }
     pss = dep["memory"]["peak_pss_mib"]
+    # CPU seconds per round (rounds 2..R) of every process of each run: what a round costs
+    # whatever the machine's load (its wall time follows the load).
+    cpu_per_round = {
+        "simulation": _median_later([0.0] + [b - a for a, b in zip(sim.cpu_marks, sim.cpu_marks[1:])])
+        if len(sim.cpu_marks) > 1 else None,
+        "deployment": _median_later([0.0] + [b["cpu_s"] - a["cpu_s"] for a, b in zip(dep["rounds"], dep["rounds"][1:])])
+        if len(dep["rounds"]) > 1 else None,
+    }
     figures = {
         "round_gap_s": dep_median - sim_median,
         "round1_s": dep["time_to_round1_s"],
@@ -172,6 +180,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         "met": {k: (v is not None and v <= TARGETS[k]) for k, v in figures.items()},
         "idle": idle,
         "help_cpu_s": help_cpu_s,
+        "cpu_per_round_s": cpu_per_round,
         "busy_requests_per_site_round": statistics.median(busy_requests) if busy_requests else None,
         "busy_requests_per_site_s": (statistics.median(b / w for b, w in zip(busy_requests, wall_after_1))
                                      if busy_requests else None),

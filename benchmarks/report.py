@@ -408,6 +408,11 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         lines.append(f"| {r['setting']} | {r['status']} | {_num(r['median_round_s'], 2)} | {_num(r['round1_s'], 1)} | "
                      f"{_num(r['total_s'], 0)} | {_num(r['train_median_s'], 2)} | "
                      f"{_num(r['memory']['peak_pss_mib'], 0)} | {r['memory']['peak_processes']} |")
+    cpu = section.get("cpu_per_round_s") or {}
+    if cpu.get("simulation") is not None and cpu.get("deployment") is not None:
+        lines += ["", f"CPU time per round (median of rounds 2..R, every process of the run, user + system): "
+                  f"simulation {_num(cpu['simulation'], 2)} s, deployment {_num(cpu['deployment'], 2)} s. Unlike "
+                  "wall time, this does not grow with the machine's load."]
     kinds = dep["memory"].get("per_kind_peak_pss_mib", {})
     lines += [
         "",
