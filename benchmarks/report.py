@@ -433,16 +433,32 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
                        "so the round gap is measured only over the rounds it finished, if any")
     if not met["round_gap_s"] and len(_finite([dep["train_median_s"], sim["train_median_s"]])) == 2:
-        reasons.append(
-            f"round gap: a deployed site's training took {_num(dep['train_median_s'], 2)} s (median) against "
-            f"{_num(sim['train_median_s'], 2)} s in the simulation — three sites train at once on "
-            f"{section.get('cores', '?')} shared cores in the deployment, the simulation runs two one-thread "
-            "actors")
+        if dep["train_median_s"] > sim["train_median_s"]:
+            reasons.append(
+                f"round gap: a deployed site's training took {_num(dep['train_median_s'], 2)} s (median) against "
+                f"{_num(sim['train_median_s'], 2)} s in the simulation — three sites train at once on "
+                f"{section.get('cores', '?')} shared cores in the deployment, the simulation runs two one-thread "
+                "actors")
+        else:
+            reasons.append(
+                f"round gap: not training (a deployed site trained in {_num(dep['train_median_s'], 2)} s, a "
+                f"simulated one in {_num(sim['train_median_s'], 2)} s) but moving the messages: each site makes "
+                f"about {_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per round (one per "
+                "model array each way, plus its polls), every one handled in Python by the SuperLink, the "
+                "SuperNode and the relay, on cores the sitting shared with other work (load average above)")
     if not met["round1_s"]:
         reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch; "
                        f"Flower's simulation needed {_num(sim['round1_s'], 1)} s for its round 1 after Ray started")
     if not met["pss_mib"]:
-        reasons.append("memory: see the per-process figures above")
+        def kind(name: str) -> str:
+            return _num(kinds.get(name), 0)
+        reasons.append(
+            f"memory: four processes hold torch — the three sites' executors (up to {kind('fedmed.client.app_executor')} "
+            f"MiB each) and the ServerApp ({kind('flwr-serverapp')} MiB); `import torch` alone leaves about 280 MiB "
+            "of private memory in each, and torch's optimizer loads `torch._dynamo` (about 100 MiB more) in every "
+            f"process that trains. Flower's own processes add the SuperLink ({kind('flower-superlink')} MiB), its "
+            f"SuperExec ({kind('flower-superexec')} MiB) and a SuperNode per site ({kind('fedmed.client.fleet_polling')} "
+            "MiB each)")
     if reasons:
         lines += ["Missed targets, as measured: " + "; ".join(reasons) + ".", ""]
     return lines
