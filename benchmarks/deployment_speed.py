@@ -51,7 +51,8 @@ FULL = {"rounds": 6, "per_site": 750, "idle_s": 30.0}
 SMOKE = {"rounds": 2, "per_site": 40, "idle_s": 6.0}
 # Issue targets: round gap s, launch → end of round 1 s, peak PSS MiB (2.0 GB), --help s,
 # idle requests per second per site.
-TARGETS = {"round_gap_s": 1.0, "round1_s": 15.0, "pss_mib": 2.0e9 / 2 ** 20, "help_s": 1.0, "idle_rate": 0.5}
+TARGETS = {"round_gap_s": 1.0, "round1_s": 15.0, "round1_warm_s": 15.0, "pss_mib": 2.0e9 / 2 ** 20,
+           "help_s": 1.0, "idle_rate": 0.5}
 
 
 def _log(msg: str) -> None:
@@ -131,6 +132,12 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     dep = deployment.run(data, SITES, work / "deployment", rounds=config.rounds, image_size=28, batch_size=32,
                          timeout=900.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
                          site_env=ONE_CPU)
+    # A consortium repeats experiments: the sites' decoded-image caches from the first run
+    # are there, as they are for any run after a site's first.
+    _log("deployment again, sites' caches warm: launch → end of round 1")
+    warm = deployment.run(data, SITES, work / "deployment", rounds=1, image_size=28, batch_size=32,
+                          timeout=600.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
+                          site_env=ONE_CPU)
     _log("idle site request rate")
     idle = idle_rate(data / "A", work / "idle", size["idle_s"])
     _log("fedmed --help")
@@ -158,6 +165,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     figures = {
         "round_gap_s": dep_median - sim_median,
         "round1_s": dep["time_to_round1_s"],
+        "round1_warm_s": warm["time_to_round1_s"] if warm["completed"] else None,
         "pss_mib": pss,
         "help_s": help_s,
         "idle_rate": idle.get("per_s"),
