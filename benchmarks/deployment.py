@@ -123,6 +123,8 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
     """Run the federation; return per-round timings, bytes per site and memory."""
     work.mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
+    # A run in a used folder: its rows must not be taken for this run's.
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     port = free_port()
     relays = {site: Relay(("127.0.0.1", port)) for site in sites}
     fedmed = _fedmed_cmd()
