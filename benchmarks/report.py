@@ -448,7 +448,11 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
                 f"simulated one in {_num(sim['train_median_s'], 2)} s) but moving the messages: each site makes "
                 f"about {_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per round (one per "
                 "model array each way, plus its polls), every one handled in Python by the SuperLink, the "
-                "SuperNode and the relay, on cores the sitting shared with other work (load average above)")
+                "SuperNode and the relay"
+                + (f"; the deployment's processes used {_num(cpu['deployment'], 2)} s of CPU per round against "
+                   f"{_num(cpu['simulation'], 2)} s for the whole simulation, on {section.get('cores', '?')} cores "
+                   "that training shares — the waiting is gone, the cost left is CPU in the message path (not yet "
+                   "profiled process by process)" if cpu.get("deployment") is not None else ""))
     if not met["round1_s"]:
         reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch; "
                        f"Flower's simulation needed {_num(sim['round1_s'], 1)} s for its round 1 after Ray started")
