@@ -441,7 +441,13 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
                 f"round gap: a deployed site's training took {_num(dep['train_median_s'], 2)} s (median) against "
                 f"{_num(sim['train_median_s'], 2)} s in the simulation — three sites train at once on "
                 f"{section.get('cores', '?')} shared cores in the deployment, the simulation runs two one-thread "
-                "actors")
+                "actors — which explains only that difference"
+                + (f"; the rest is CPU: the deployment's processes used {_num(cpu['deployment'], 2)} s of CPU per "
+                   f"round against {_num(cpu['simulation'], 2)} s for the whole simulation — the waiting is gone, "
+                   "the cost left is CPU in the message path (about "
+                   f"{_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per site and round, "
+                   "each handled in Python by the SuperLink, the SuperNode and the relay; not yet profiled process "
+                   "by process)" if cpu.get("deployment") is not None else ""))
         else:
             reasons.append(
                 f"round gap: not training (a deployed site trained in {_num(dep['train_median_s'], 2)} s, a "
