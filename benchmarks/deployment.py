@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class Relay:
     """A TCP relay from a local port to `target`, counting bytes in each direction."""
 
     target: tuple[str, int]
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: the kernel picks a free one as the relay binds it (no clash possible)
     up: int = 0      # site -> coordinator
     down: int = 0    # coordinator -> site
     connections: int = 0
@@ -45,6 +45,7 @@ class Relay:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", self.port))
+        self.port = self._server.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name=f"relay-{self.port}").start()
 
@@ -119,13 +120,26 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
         batch_size: int, timeout: float, extra: list[str] | None = None,
-        site_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run the federation; return per-round timings, bytes per site and memory."""
+        site_env: dict[str, str] | None = None, attempts: int = 3) -> dict[str, Any]:
+    """Run the federation; return per-round timings, bytes per site and memory.
+
+    The coordinator's port is picked before the coordinator binds it; if something took
+    it meanwhile, the whole federation is started again on another port."""
+    for _ in range(attempts):
+        result = _run_once(data_root, sites, work, rounds, image_size, batch_size, timeout, free_port(),
+                           extra, site_env)
+        if not result.pop("port_clash"):
+            break
+    return result
+
+
+def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
+              batch_size: int, timeout: float, port: int, extra: list[str] | None = None,
+              site_env: dict[str, str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
     # A run in a used folder: its rows must not be taken for this run's.
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    port = free_port()
     relays = {site: Relay(("127.0.0.1", port)) for site in sites}
     fedmed = _fedmed_cmd()
     started = time.perf_counter()
@@ -186,6 +200,7 @@ def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_
         previous, previous_requests = mark["bytes"], mark["requests"]
     log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""
     return {
+        "port_clash": code not in (0, None) and not rows and "already in use" in log_tail,
         "exit_code": code,
         "completed": code == 0 and len(rows) == rounds,
         "rounds": per_round,

@@ -3,6 +3,7 @@ and without DP.
 
     python -m benchmarks.privacy_utility            # the full table (tens of minutes on a 2-core CPU)
     python -m benchmarks.privacy_utility --smoke    # ε = 8 and no DP on tiny data, for CI (< 2 minutes)
+    python -m benchmarks.privacy_utility --privacy-unit patient --epsilons 8   # per-patient DP
 
 Three synthetic CT sites (`fedmed.simulations.synthetic_dicom`, abnormal fractions 50/30/15 %)
 are written once; then the federation is run with `simulate` -- the real ServerApp and
@@ -77,7 +78,10 @@ class Setup:
 
     def federation(self) -> FederationConfig:
         return FederationConfig(
+            # DP sites train with the DP recipe's SGD at dp_lr (FederationConfig); this study
+            # keeps its batch size for them too.
             rounds=self.rounds, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            dp_batch_size=self.batch_size,
             optimizer=self.optimizer, model="cnn", image=ImageSettings(size=self.image_size),
             min_sites=len(SITES), seed=self.seed,
         )
@@ -140,7 +144,7 @@ def _result(budget: str, run_dir: Path, seconds: float) -> Result:
 
 
 def run_benchmark(setup: Setup, out: Path, epsilons: tuple[float, ...] = EPSILONS,
-                  log=print) -> list[Result]:
+                  log=print, units: tuple[str, ...] = ("image",), no_dp: bool = True) -> list[Result]:
     """Write the sites under `out`, run one federation per budget and one without DP."""
     data, warm = out / "data", out / "warm-cache"
     config = setup.federation()
@@ -148,13 +152,15 @@ def run_benchmark(setup: Setup, out: Path, epsilons: tuple[float, ...] = EPSILON
     write_sites(data, SITES, images_per_site=setup.images_per_site, seed=setup.seed)
     _warm_cache(data, warm, config)
     results = []
-    for eps in (*epsilons, None):
-        budget = NO_DP if eps is None else f"{eps:g}"
-        label = "no-dp" if eps is None else f"eps-{eps:g}"
+    runs = [(eps, unit) for eps in epsilons for unit in units] + ([(None, "image")] if no_dp else [])
+    for eps, unit in runs:
+        per = "" if unit == "image" else f" per {unit}"
+        budget = NO_DP if eps is None else f"{eps:g}{per}"
+        label = "no-dp" if eps is None else f"eps-{eps:g}-{unit}"
         state, run_dir = out / f"state-{label}", out / f"run-{label}"
         _fresh_state(warm, state)
         policy = (PrivacyPolicy(enabled=False) if eps is None
-                  else PrivacyPolicy(epsilon=eps, max_grad_norm=setup.max_grad_norm))
+                  else PrivacyPolicy(epsilon=eps, max_grad_norm=setup.max_grad_norm, unit=unit))
         started = time.perf_counter()
         simulate(dicom_sites(data, state, policy), config, run_dir,
                  meta={"benchmark": "privacy_utility", "dp": eps is not None, "epsilon": eps})
@@ -199,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder for data, state and runs (default: a temporary folder, removed)")
     p.add_argument("--images-per-site", type=int, default=None, help="override the setup's data size")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--epsilons", type=float, nargs="+", default=None, help="budgets to run (default 1 3 8)")
+    p.add_argument("--privacy-unit", choices=("image", "patient", "both"), default="image",
+                   help="what DP protects in the DP rows (both: a row for each)")
+    p.add_argument("--no-baseline", action="store_true", help="leave out the run without DP")
     return p
 
 
@@ -214,8 +224,10 @@ def main(argv: list[str] | None = None) -> str:
         if args.out is not None and out.exists() and any(out.iterdir()):
             raise SystemExit(f"--out {out}: expected an empty or new folder")
         out.mkdir(parents=True, exist_ok=True)
-        results = run_benchmark(setup, out, SMOKE_EPSILONS if args.smoke else EPSILONS,
-                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        epsilons = tuple(args.epsilons) if args.epsilons else (SMOKE_EPSILONS if args.smoke else EPSILONS)
+        units = ("image", "patient") if args.privacy_unit == "both" else (args.privacy_unit,)
+        results = run_benchmark(setup, out, epsilons, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                                units=units, no_dp=not args.no_baseline)
     table = markdown(setup, results)
     print(table)
     if args.json:

@@ -6,12 +6,23 @@ scored with fedmed's own `evaluate`. The only exception is the worst-site accura
 comes from the last round's ``metrics.jsonl`` (``aggregate.worst_site_accuracy``), i.e.
 from the sites' own validation splits, as a coordinator would see it.
 
-All rows train the same model (``cnn`` on 28×28) for the same number of passes over
-the data: R rounds × 1 local epoch federated, R epochs centralised or local-only.
+All rows train the same model (``dpcnn``, fedmed's default, on 28×28) for the same number
+of passes over the data: R rounds × 1 local epoch federated, R epochs centralised or
+local-only. DP rows train with the federation's DP recipe (SGD with momentum at
+``dp_lr`` on Poisson batches of ``dp_batch_size``), with the federation's default
+augmentation setting (which, with DP, augments only with two or more views per record).
+
+Besides the arg-max figures, each row reports sensitivity, specificity and balanced
+accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
+(the threshold that maximises balanced accuracy there): what a federation's operating
+threshold does, here computed without noise from the pooled validation images.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import statistics
 import sys
 import time
@@ -24,8 +35,10 @@ import torch
 
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.sitedata import read_medmnist
+from fedmed.client.augmentation import settings_for
 from fedmed.client.training import evaluate, make_loader, make_optimizer, train_local
 from fedmed.common.checkpoint import load_checkpoint
+from fedmed.common.metrics import binary_auc
 from fedmed.common.federation import FederationConfig
 from fedmed.common.models import build_model
 from fedmed.common.settings import ImageSettings
@@ -38,8 +51,13 @@ NON_IID = "dirichlet:0.5"
 QUANTITY = "quantity:0.5"
 SITES = 3
 IMAGE = ImageSettings(size=28)
-MODEL = "cnn"
+MODEL = "dpcnn"
 METRICS = ("accuracy", "auc", "sensitivity", "specificity")
+THRESHOLD_METRICS = ("balanced_accuracy", "threshold", "sensitivity_at_threshold",
+                     "specificity_at_threshold", "balanced_accuracy_at_threshold")
+
+
+_DP = FederationConfig()
 
 
 @dataclass(frozen=True)
@@ -56,23 +74,20 @@ class Plan:
     headline_epsilon: float
     subset: dict[str, int | None] | None  # images per split, None = the whole file
     variants: tuple[str, ...]        # which single-seed rows run
+    dp_strategy: str = _DP.strategy  # the coordinator's strategy in the DP rows
 
 
-# Non-DP training: Adam at 1e-3 with batches of 64 is the federation's default optimiser
-# and learns this task in a few epochs. DP-SGD adds noise of std σC/B per coordinate to
-# each averaged gradient, so it wants large batches: docs/privacy.md found batch 256 and
-# Adam (whose steps do not grow with the noise) workable. Its lr of 1e-2 is halved here:
-# in the worst case every Adam step moves every weight by lr, and 13 such steps (the
-# largest non-IID site's epoch at batch 256) at 1e-2 would move this 420 k-weight model
-# (norm 8.7) by about 9.7 times its norm, too close to a tight update-size limit for
-# comfort (the coordinator's default allows 50×).
-FULL = Plan(rounds=15, seeds=(0, 1, 2), batch=64, lr=1e-3, dp_batch=256, dp_lr=5e-3,
+# Non-DP training: Adam at 1e-3 with batches of 64 learns this task in a few epochs. DP
+# rows use the federation's DP recipe (FederationConfig.dp_batch_size, dp_lr: SGD with
+# momentum on large Poisson batches; docs/privacy.md, "The DP recipe"). Every seed of
+# every ε is run: a DP row must learn at each seed, not on average.
+FULL = Plan(rounds=15, seeds=(0, 1, 2), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
             epsilons=(1.0, 3.0, 8.0), headline_epsilon=3.0, subset=None,
-            variants=("local", "iid", "quantity", "fedadam", "dp"))
-SMOKE = Plan(rounds=2, seeds=(0,), batch=64, lr=1e-3, dp_batch=256, dp_lr=5e-3,
+            variants=("local", "dp", "dp-all-seeds", "ablations"))
+SMOKE = Plan(rounds=2, seeds=(0,), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
              epsilons=(3.0,), headline_epsilon=3.0,
              subset={"train": 450, "val": 120, "test": None},
-             variants=("local", "fedadam", "dp"))
+             variants=("local", "fedadam", "fedavgm", "dp"))
 
 
 @dataclass
@@ -100,9 +115,38 @@ def _log(msg: str) -> None:
     print(f"[utility] {msg}", file=sys.stderr, flush=True)
 
 
-def _test_metrics(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+def _balanced(scores: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    pred = scores >= threshold
+    sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else math.nan
+    spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else math.nan
+    return sens, spec, (sens + spec) / 2
+
+
+def _val_threshold(model: torch.nn.Module, val: tuple[np.ndarray, np.ndarray]) -> float:
+    """The cut-off on P(pneumonia) with the best balanced accuracy on the validation images."""
+    from fedmed.client.training import predict_proba
+
+    scores = predict_proba(model, val[0], torch.device("cpu"))[:, 1]
+    candidates = np.unique(np.concatenate([scores, [0.5]]))
+    best = max(candidates, key=lambda t: (_balanced(scores, val[1], t)[2], -abs(t - 0.5)))
+    return float(best)
+
+
+def _test_metrics(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray],
+                  val: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    from fedmed.client.training import predict_proba
+
     values = evaluate(model, test[0], test[1], torch.device("cpu"))
-    return {k: float(values[k]) for k in METRICS}
+    out = {k: float(values[k]) for k in METRICS}
+    out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
+    if val is not None:
+        threshold = _val_threshold(model, val)
+        scores = predict_proba(model, test[0], torch.device("cpu"))[:, 1]
+        sens, spec, bal = _balanced(scores, test[1], threshold)
+        out.update(threshold=threshold, sensitivity_at_threshold=sens, specificity_at_threshold=spec,
+                   balanced_accuracy_at_threshold=bal)
+        assert math.isclose(binary_auc(scores, test[1] == 1), out["auc"], abs_tol=1e-9) or math.isnan(out["auc"])
+    return out
 
 
 def _train_in_process(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, plan: Plan) -> tuple[torch.nn.Module, float]:
@@ -115,32 +159,33 @@ def _train_in_process(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, plan
     started = time.perf_counter()
     for epoch in range(epochs):
         loader = make_loader(x, y, plan.batch, seed * 1000 + epoch)
-        train_local(model, loader, optimizer, 1, torch.device("cpu"))
+        train_local(model, loader, optimizer, 1, torch.device("cpu"),
+                    augmentation=settings_for(config), seed=seed * 1000 + epoch)
     return model, time.perf_counter() - started
 
 
-def _centralised(npz: Path, test, plan: Plan, row: Row) -> None:
+def _centralised(npz: Path, test, val, plan: Plan, row: Row) -> None:
     x, y = pneumonia.model_inputs(npz, "train", IMAGE)
     for seed in plan.seeds:
         model, seconds = _train_in_process(x, y, plan.rounds, seed, plan)
         row.seeds.append(seed)
-        row.test.append(_test_metrics(model, test))
+        row.test.append(_test_metrics(model, test, val))
         row.wall_s.append(seconds)
         row.per_round_s.append(seconds / plan.rounds)
         _log(f"centralised seed {seed}: AUC {row.test[-1]['auc']:.3f} in {seconds:.0f} s")
 
 
-def _local_only(npz: Path, test, plan: Plan, row: Row) -> None:
+def _local_only(npz: Path, test, val, plan: Plan, row: Row) -> None:
     """Each site of the non-IID split trains alone; the row reports their mean and worst."""
     seed = plan.seeds[0]
     x, y = pneumonia.model_inputs(npz, "train", IMAGE)
     # The same partition npz_sites gives the federated non-IID runs of this seed.
-    parts = partition_indices(y, SITES, NON_IID, seed)
+    parts = _site_train_parts(npz, NON_IID, seed)
     total = 0.0
     for i, idx in enumerate(parts):
         model, seconds = _train_in_process(x[idx], y[idx], plan.rounds, seed, plan)
         total += seconds
-        metrics = _test_metrics(model, test)
+        metrics = _test_metrics(model, test, val)
         row.local_sites.append({"site": f"site{i}", "train_images": int(len(idx)),
                                 "train_normal": int(np.sum(y[idx] == 0)), **metrics})
     row.seeds.append(seed)
@@ -156,20 +201,26 @@ def _strategy_was_adaptive(run_dir: Path, rounds: int) -> bool:
     return bool((payload.get("strategy_state") or {}).get("moments"))
 
 
-def _federated(npz: Path, test, plan: Plan, row: Row, work: Path, seed: int, partition: str,
-               strategy: str = "fedavg", epsilon: float | None = None) -> dict[str, Any]:
+def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int, partition: str,
+               strategy: str = "fedavg", epsilon: float | None = None, augment: bool = _DP.augment,
+               views: int = 1) -> dict[str, Any]:
     dp = epsilon is not None
     privacy = PrivacyPolicy(enabled=True, epsilon=epsilon) if dp else PrivacyPolicy(enabled=False)
     config = FederationConfig(
         rounds=plan.rounds, epochs=1, model=MODEL, image=IMAGE, seed=seed, strategy=strategy,
-        batch_size=plan.dp_batch if dp else plan.batch, lr=plan.dp_lr if dp else plan.lr,
+        batch_size=plan.batch, lr=plan.lr, dp_batch_size=plan.dp_batch, dp_lr=plan.dp_lr,
+        augment=augment, augment_views=views,
         # With DP a site may decline a run whose noise would exceed its cap; the others
         # still train, as they would in a real federation.
         min_sites=1 if dp else SITES,
     )
     name = f"{row.key}-seed{seed}"
     sites = npz_sites(npz, SITES, partition, seed, work / name / "state", privacy)
-    run = simrun.run(name, sites, config, work / name / "run", time_eval=row.key == "fedavg-noniid")
+    # FEDMED_UTILITY_CPUS_PER_SITE=2 on a 2-core machine: one Ray actor takes the sites in
+    # turn, half the memory of two (a machine shared with other jobs can run out of it).
+    cpus = float(os.environ.get("FEDMED_UTILITY_CPUS_PER_SITE", "1"))
+    run = simrun.run(name, sites, config, work / name / "run", cpus_per_site=cpus,
+                     time_eval=row.key == "fedavg-noniid")
     if run.status != "completed":
         row.notes.append(f"seed {seed}: run {run.status}: {run.reason}")
         _log(f"{name}: {run.status}: {run.reason}")
@@ -177,7 +228,7 @@ def _federated(npz: Path, test, plan: Plan, row: Row, work: Path, seed: int, par
     model = build_model(MODEL, len(config.classes), IMAGE.size)
     model.load_state_dict(load_checkpoint(work / name / "run" / "model-final.pt")["state_dict"])
     row.seeds.append(seed)
-    row.test.append(_test_metrics(model, test))
+    row.test.append(_test_metrics(model, test, val))
     last = run.rounds[-1]
     row.worst_site_val_acc.append(float(last["aggregate"].get("worst_site_accuracy") or float("nan")))
     row.wall_s.append(run.total_s)
@@ -202,8 +253,23 @@ def _federated(npz: Path, test, plan: Plan, row: Row, work: Path, seed: int, par
     return run.to_dict()
 
 
+def _site_train_parts(npz: Path, partition: str, seed: int) -> list[np.ndarray]:
+    """The training indices each site holds, exactly as `npz_sites` splits the file: one
+    partition over train and val together, each site keeping its train part."""
+    splits = read_medmnist(npz)
+    n_train = len(splits["train"][1])
+    labels = np.concatenate([splits["train"][1], splits["val"][1]])
+    return [p[p < n_train] for p in partition_indices(labels, SITES, partition, seed)]
+
+
 def run(work: Path, smoke: bool) -> dict[str, Any]:
-    """Run the section; returns {"rows": [...], "runs": [...], "plan": ..., "data": ...}."""
+    """Run the section; returns {"rows": [...], "runs": [...], "plan": ..., "data": ...}.
+
+    After every row's run the rows so far are also written to ``work/utility-partial.json``,
+    so a long run that is stopped still leaves what it measured. ``FEDMED_UTILITY_ROWS``
+    (comma-separated row keys) runs only those rows, ``FEDMED_UTILITY_DP_SEEDS`` only those
+    seeds of the DP rows: a long section can then be split across processes and their rows
+    joined into one results.json."""
     plan = SMOKE if smoke else FULL
     source = pneumonia.locate()
     if source is None:
@@ -212,47 +278,93 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     if plan.subset:
         npz = pneumonia.write_subset(source, work / "pneumoniamnist-subset.npz", plan.subset, seed=0)
     test = pneumonia.model_inputs(npz, "test", IMAGE)
+    val = pneumonia.model_inputs(npz, "val", IMAGE)
     rows: list[Row] = []
     runs: list[dict[str, Any]] = []
+    partial = Path(work) / "utility-partial.json"
+    only = {k.strip() for k in os.environ.get("FEDMED_UTILITY_ROWS", "").split(",") if k.strip()}
+    only_seeds = {int(k) for k in os.environ.get("FEDMED_UTILITY_DP_SEEDS", "").split(",") if k.strip()}
+
+    def wanted(key: str) -> bool:
+        return not only or key in only
 
     def new(key: str, label: str) -> Row:
         rows.append(Row(key=key, label=label, rounds=plan.rounds))
         return rows[-1]
 
-    _centralised(npz, test, plan, new("centralised", "Centralised (pooled train split)"))
-    if "local" in plan.variants:
-        _local_only(npz, test, plan, new("local", f"Local only, each of {SITES} non-IID sites alone"))
-    if "iid" in plan.variants:
-        runs.append(_federated(npz, test, plan, new("fedavg-iid", "FedAvg, 3 sites IID"), work,
-                               plan.seeds[0], "iid"))
-    noniid = new("fedavg-noniid", f"FedAvg, 3 sites non-IID ({NON_IID})")
-    for seed in plan.seeds:
-        runs.append(_federated(npz, test, plan, noniid, work, seed, NON_IID))
-    if "quantity" in plan.variants:
-        runs.append(_federated(npz, test, plan, new("fedavg-quantity", f"FedAvg, quantity skew ({QUANTITY})"),
-                               work, plan.seeds[0], QUANTITY))
-    if "fedadam" in plan.variants:
-        runs.append(_federated(npz, test, plan, new("fedadam-noniid", f"FedAdam, non-IID ({NON_IID})"),
-                               work, plan.seeds[0], NON_IID, strategy="fedadam"))
+    def keep(result: dict[str, Any]) -> None:
+        runs.append(result)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps([r.to_dict() for r in rows], default=float))
+
+    if wanted("centralised"):
+        _centralised(npz, test, val, plan, new("centralised", "Centralised (pooled train split)"))
+    if "local" in plan.variants and wanted("local"):
+        _local_only(npz, test, val, plan, new("local", f"Local only, each of {SITES} non-IID sites alone"))
+    if wanted("fedavg-noniid"):
+        noniid = new("fedavg-noniid", f"FedAvg, 3 sites non-IID ({NON_IID})")
+        for seed in plan.seeds:
+            keep(_federated(npz, test, val, plan, noniid, work, seed, NON_IID))
+    if "iid" in plan.variants and wanted("fedavg-iid"):
+        keep(_federated(npz, test, val, plan, new("fedavg-iid", "FedAvg, 3 sites IID"), work,
+                        plan.seeds[0], "iid"))
+    if "quantity" in plan.variants and wanted("fedavg-quantity"):
+        keep(_federated(npz, test, val, plan, new("fedavg-quantity", f"FedAvg, quantity skew ({QUANTITY})"),
+                        work, plan.seeds[0], QUANTITY))
+    if "fedadam" in plan.variants and wanted("fedadam-noniid"):
+        keep(_federated(npz, test, val, plan, new("fedadam-noniid", f"FedAdam, non-IID ({NON_IID})"),
+                        work, plan.seeds[0], NON_IID, strategy="fedadam"))
+    if "fedavgm" in plan.variants and wanted("fedavgm-noniid"):
+        keep(_federated(npz, test, val, plan, new("fedavgm-noniid", f"FedAvgM, non-IID ({NON_IID})"),
+                        work, plan.seeds[0], NON_IID, strategy="fedavgm"))
     if "dp" in plan.variants:
-        for eps in plan.epsilons:
-            seeds = plan.seeds if eps == plan.headline_epsilon else plan.seeds[:1]
-            row = new(f"dp-eps{eps:g}", f"FedAvg + DP-SGD ε={eps:g}, non-IID")
+        every_seed = "dp-all-seeds" in plan.variants
+        for eps in sorted(plan.epsilons, key=lambda e: e != plan.headline_epsilon):
+            if not wanted(f"dp-eps{eps:g}"):
+                continue
+            seeds = plan.seeds if every_seed or eps == plan.headline_epsilon else plan.seeds[:1]
+            if only_seeds:
+                seeds = tuple(sd for sd in seeds if sd in only_seeds)
+            row = new(f"dp-eps{eps:g}", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={eps:g}, non-IID")
             for seed in seeds:
-                runs.append(_federated(npz, test, plan, row, work, seed, NON_IID, epsilon=eps))
+                keep(_federated(npz, test, val, plan, row, work, seed, NON_IID, strategy=plan.dp_strategy,
+                                epsilon=eps))
+    for key, label, kwargs in (ablations(plan) if "ablations" in plan.variants else ()):
+        if wanted(key):
+            keep(_federated(npz, test, val, plan, new(key, label), work, plan.seeds[0], NON_IID, **kwargs))
 
     sizes = pneumonia.split_sizes(npz)
     partition_sizes = {}
+    y = read_medmnist(npz)["train"][1]
     for partition in (NON_IID, QUANTITY, "iid"):
-        y = read_medmnist(npz)["train"][1]
         partition_sizes[partition] = [
             {"images": int(len(p)), "normal": int(np.sum(y[p] == 0))}
-            for p in partition_indices(y, SITES, partition, plan.seeds[0])
+            for p in _site_train_parts(npz, partition, plan.seeds[0])
         ]
     return {
         "plan": dict(plan.__dict__),
+        "model": MODEL,
         "data": {"file": pneumonia.NPZ_DISPLAY, "subset": plan.subset, "splits": sizes,
                  "partitions_seed0": partition_sizes},
         "rows": [r.to_dict() for r in rows],
         "runs": runs,
     }
+
+
+def ablations(plan: Plan) -> list[tuple[str, str, dict[str, Any]]]:
+    """One-seed rows that each change one part of the recipe, to show what it is worth."""
+    headline = plan.headline_epsilon
+    other = "fedavgm" if plan.dp_strategy == "fedavg" else "fedavg"
+    return [
+        ("fedavg-noniid-no-augment", "FedAvg, non-IID, without augmentation (no DP)", {"augment": False}),
+        (f"dp-eps{headline:g}-views4", f"{_strategy_label(plan.dp_strategy)} + DP-SGD ε={headline:g}, "
+         "augmentation with 4 views per record",
+         {"strategy": plan.dp_strategy, "epsilon": headline, "augment": True, "views": 4}),
+        # The other averaging: with server momentum if the recipe has none, and without if it has.
+        (f"dp-eps{headline:g}-{other}", f"{_strategy_label(other)} + DP-SGD ε={headline:g}",
+         {"strategy": other, "epsilon": headline}),
+    ]
+
+
+def _strategy_label(strategy: str) -> str:
+    return {"fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam"}[strategy]

@@ -25,9 +25,13 @@ min-sites = 3                    # sites a round needs; fewer ends the run clean
 round-timeout = 1800             # seconds to wait for the sites in a round
 join-timeout = 120               # seconds round 1 waits for every enrolled site
 # tensorboard = "tb/consortium-1"  # also log each round as TensorBoard scalars
+# init-from = "public.pt"       # start from a saved model (fedmed pretrain, an earlier model-final.pt)
+# freeze = "body"                # with init-from: none | body (train the head only) | all-but-last-block
 
-model = "cnn"                    # cnn | resnet18
+model = "dpcnn"                  # dpcnn | cnn | resnet18
 image-size = 64                  # model input side in pixels
+frames = "middle"                # multi-frame files: middle | all (one image per frame) | mip
+# modality = "CT"                # train on these Modality codes only; recorded in the model
 classes = "normal,abnormal"      # class names, in label order
 epochs = 1                       # local epochs per round
 batch-size = 32
@@ -51,13 +55,36 @@ epsilon = 8.0
 # delta = 1e-6                   # default: 1/(10 N) rounded down, at most 1e-5
 max-grad-norm = 1.0
 # no-dp = true                   # train WITHOUT differential privacy (recorded in the run)
+# no-dp-metrics = true           # with DP on, send EXACT evaluation metrics (trials; recorded)
 """
 
 EXAMPLES = {"federation.toml": FEDERATION_EXAMPLE, "site.toml": SITE_EXAMPLE}
 
 
-def read_config_file(path: Path, allowed: set[str]) -> dict[str, Any]:
-    """Parse a TOML config into flag defaults; unknown keys are an error naming the key."""
+def _check_type(path: Path, key: str, value: Any, param: click.Parameter | None) -> None:
+    """A value must have its flag's type: click would turn `rounds = 2.5` into 2 silently."""
+    kind = getattr(param, "type", None)
+    if param is None or kind is None:
+        return
+    values = value if getattr(param, "multiple", False) and isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(kind, click.types.IntParamType) and (isinstance(item, bool) or not isinstance(item, int)):
+            expected = "a whole number, e.g. 3"
+        elif isinstance(kind, click.types.FloatParamType) and (isinstance(item, bool)
+                                                               or not isinstance(item, (int, float))):
+            expected = "a number, e.g. 0.5"
+        elif isinstance(kind, click.types.BoolParamType) and not isinstance(item, bool):
+            expected = "true or false"
+        elif isinstance(kind, (click.types.StringParamType, click.Path)) and not isinstance(item, str):
+            expected = 'a quoted string, e.g. "value"'
+        else:
+            continue
+        raise click.BadParameter(f"{path}: {key} = {item!r}: expected {expected}")
+
+
+def read_config_file(path: Path, allowed: set[str] | dict[str, click.Parameter]) -> dict[str, Any]:
+    """Parse a TOML config into flag defaults; unknown keys and values of the wrong type
+    are errors naming the key."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -71,6 +98,7 @@ def read_config_file(path: Path, allowed: set[str]) -> dict[str, Any]:
             raise click.BadParameter(
                 f"{path}: unknown key {key!r}; expected one of "
                 f"{', '.join(sorted(a.replace('_', '-') for a in allowed))}")
+        _check_type(path, key, value, allowed.get(name) if isinstance(allowed, dict) else None)
         out[name] = value
     return out
 
@@ -83,7 +111,7 @@ def apply_config_file(ctx: click.Context, param: click.Parameter, value: Path | 
     """
     if value is None or ctx.resilient_parsing:
         return value
-    allowed = {p.name for p in ctx.command.params if p.name and p.name != param.name}
+    allowed = {p.name: p for p in ctx.command.params if p.name and p.name != param.name}
     ctx.default_map = {**(ctx.default_map or {}), **read_config_file(value, allowed)}
     return value
 

@@ -43,14 +43,17 @@ def data_check(
 ) -> None:
     """Check a site folder before joining: what would train, what is skipped, privacy warnings.
 
-    Runs here and sends nothing. Exit code 1: the site cannot train as it is.
+    Runs here and sends nothing. Without labels yet it inventories every file (what is
+    decodable, modalities, sizes, syntaxes, patients). Exit code 1: the site cannot train
+    as it is.
 
     Example: fedmed data check /pacs-export --classes normal,abnormal
     """
     from fedmed.client.datacheck import check_site
 
     try:
-        report = check_site(data_dir, parse_classes(classes))
+        with _progress_bar() as progress:
+            report = check_site(data_dir, parse_classes(classes), progress=progress)
     except ValueError as exc:
         _fail(str(exc))
     if json_out:
@@ -58,6 +61,28 @@ def data_check(
     else:
         _print_check(report.to_dict(), Console(highlight=False))
     raise typer.Exit(0 if report.can_train else 1)
+
+
+class _progress_bar:
+    """A transient progress bar on stderr for a long scan: the check reads every header,
+    then decodes every image (a few ms each, minutes for a large export)."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._bar.__enter__()
+        self._tasks: dict[str, int] = {}
+        return self.update
+
+    def update(self, done: int, total: int, what: str) -> None:
+        if what not in self._tasks:
+            self._tasks[what] = self._bar.add_task(what, total=total)
+        self._bar.update(self._tasks[what], completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        self._bar.__exit__(*exc)
 
 
 def _counts_table(title: str, counts: dict, key: str, value: str = "images") -> Table:
@@ -77,8 +102,11 @@ def _print_check(d: dict, console: Console) -> None:
     summary.add_column("what")
     summary.add_column("value", justify="right")
     summary.add_row("files found", str(files["found"]))
-    summary.add_row("labelled images", str(files["labelled"]))
-    summary.add_row("decodable (will train)", str(files["decodable"]))
+    if d["labels_found"]:
+        summary.add_row("labelled images", str(files["labelled"]))
+        summary.add_row("decodable (will train)", str(files["decodable"]))
+    else:
+        summary.add_row("decodable images (no labels yet)", str(files["decodable"]))
     summary.add_row("skipped", str(files["skipped"]))
     summary.add_row("patients", str(d["patients"]))
     per_patient = d["images_per_patient"]
@@ -92,18 +120,24 @@ def _print_check(d: dict, console: Console) -> None:
         summary.add_row("images without pixel spacing", str(spacing["missing"]))
     console.print(summary)
 
-    classes = Table(title="classes", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
-    for column in ("class", "images", "patients"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
-    for name in d["classes"]:
-        classes.add_row(name, str(d["images_per_class"].get(name, 0)), str(d["patients_per_class"].get(name, 0)))
-    console.print(classes)
+    if d["site_folders"]:
+        console.print(f"site folders: {escape(', '.join(d['site_folders']))}")
+    if d["labels_found"]:
+        classes = Table(title="classes", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+        for column in ("class", "images", "patients"):
+            classes.add_column(column, justify="left" if column == "class" else "right")
+        for name in d["classes"]:
+            classes.add_row(name, str(d["images_per_class"].get(name, 0)), str(d["patients_per_class"].get(name, 0)))
+        console.print(classes)
+    if d["label_values"]:
+        console.print(_counts_table("label values found", d["label_values"], "label", "count"))
     headers = Table(title="decodable images by header value", box=box.SIMPLE_HEAD,
                     title_justify="left", show_edge=False)
     for column in ("attribute", "value", "images"):
         headers.add_column(column, justify="right" if column == "images" else "left")
     for attribute, key in (("modality", "modalities"), ("photometric", "photometric_interpretations"),
-                           ("transfer syntax", "transfer_syntaxes"), ("rows x columns", "image_sizes")):
+                           ("transfer syntax", "transfer_syntaxes"), ("rows x columns", "image_sizes"),
+                           ("frames per file", "frames_per_file")):
         for i, (value, n) in enumerate(d[key].items()):
             headers.add_row(attribute if i == 0 else "", escape(str(value)), str(n))
     if files["decodable"]:
@@ -186,3 +220,15 @@ def predict(
     failed = sum(1 for p in predictions if p.error)
     typer.echo(f"{len(predictions)} file(s): {len(predictions) - failed} predicted, {failed} "
                f"could not be used; wrote {out}")
+    unlike = [p for p in predictions if p.warning and not p.error]
+    if unlike:
+        kinds = sorted({part for p in unlike for part in p.warning.split("; ")})
+        typer.secho(f"warning: {len(unlike)} file(s) unlike the model's training data (see the "
+                    f"warning column): {'; '.join(kinds[:3])}" + (f"; and {len(kinds) - 3} more" if len(kinds) > 3 else ""),
+                    fg=typer.colors.YELLOW, err=True)
+    if not loaded.trained_on.get("modalities"):
+        typer.echo("note: the model does not say which modality it was trained on (train with "
+                   "--modality, e.g. CT), so a file of another modality cannot be flagged")
+    if failed == len(predictions):
+        _fail(f"nothing could be predicted: {predictions[0].error}"
+              + (" (and others, see the error column)" if len(predictions) > 1 else ""), code=1)

@@ -15,18 +15,25 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmed.client.privacy.disclosure import suppress_small_cells
+from fedmed.client.augmentation import settings_for
+from fedmed.client.privacy.disclosure import open_release
+from fedmed.client.privacy.noise_check import trainable_parameters
 from fedmed.client.site import Site, site_from_node_config
-from fedmed.client.training import evaluate, make_loader, make_optimizer, pick_device, round_seed, train_local
+from fedmed.client.training import make_loader, make_optimizer, pick_device, predict_proba, round_seed, train_local
 from fedmed.common.federation import FederationConfig
+from fedmed.common.freezing import apply_freeze
 from fedmed.common.models import build_model
-from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
+from fedmed.common.protocol import (ARRAYS_KEY, FEDERATION_KEY, FREEZE_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY,
+                                    SiteStatus)
+
+if TYPE_CHECKING:
+    from fedmed.client.privacy.round import PrivacyRound
 
 log = logging.getLogger("fedmed.site")
 
@@ -85,8 +92,9 @@ def _global_model(msg: Message, config: FederationConfig) -> torch.nn.Module:
 
 def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arrays=None) -> RecordDict:
     # Every train reply carries the same metric keys (FedAvg refuses mixed key sets);
-    # undefined values are NaN.
-    record = {WEIGHT_KEY: 0, "train_loss": math.nan, "train_seconds": 0.0, "steps": 0,
+    # undefined values are NaN. No training loss: it is a statistic of the training
+    # images that no noise covers (a crafted model turns it into a class count).
+    record = {WEIGHT_KEY: 0, "train_seconds": 0.0, "steps": 0,
               "dp": 1 if site.privacy.enabled else 0, "epsilon": math.nan,
               "noise_multiplier": math.nan, "delta": math.nan}
     record.update(metrics)
@@ -96,6 +104,14 @@ def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arr
     return RecordDict(content)
 
 
+def _privacy_round(msg: Message, site: Site, data, config: FederationConfig) -> PrivacyRound:
+    from fedmed.client.privacy.round import PrivacyRound
+
+    return PrivacyRound.open(site.state_dir, data, site.privacy, site=site.name,
+                             run=str(msg.metadata.run_id), server_round=int(msg.content["config"]["server-round"]),
+                             total_rounds=config.rounds)
+
+
 def _train(msg: Message, context: Context, site: Site) -> Message:
     config = FederationConfig.from_json(str(msg.content["config"][FEDERATION_KEY]))
     server_round = int(msg.content["config"]["server-round"])
@@ -103,49 +119,47 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     seed = round_seed(config.seed, site.name, server_round)
     torch.manual_seed(seed)
     model = _global_model(msg, config)
+    # Frozen weights (a run started --init-from with --freeze) get no gradient: the
+    # optimizer leaves them as they are and DP-SGD neither clips nor noises them.
+    apply_freeze(model, str(msg.content["config"].get(FREEZE_KEY, "none")))
     device = pick_device()
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, dp=site.privacy.enabled, server_round=server_round)
+    augmentation = settings_for(config)
     started = time.perf_counter()
     if not site.privacy.enabled:
         loader = make_loader(data.train_x, data.train_y, config.batch_size, seed)
-        result = train_local(model, loader, optimizer, config.epochs, device)
-        weights, privacy = model.cpu().state_dict(), {}
+        result = train_local(model, loader, optimizer, config.epochs, device,
+                             augmentation=augmentation, seed=seed)
+        weights, privacy, count = model.cpu().state_dict(), {}, result.num_examples
     else:
         # Opacus and the accountants are loaded by the first DP round only: a site training
         # without DP keeps them (and their memory) out of its executor.
         from fedmed.client.privacy.dp_sgd import make_private_training
-        from fedmed.client.privacy.ledger import PrivacyLedger
-        from fedmed.client.privacy.run_plan import decide, plan_run
 
-        ledger = PrivacyLedger.open(site.state_dir, data.fingerprint)
-        plan = plan_run(ledger, site.privacy, run=str(msg.metadata.run_id), server_round=server_round,
-                        total_rounds=config.rounds, n_train=len(data.train_y),
-                        batch_size=config.batch_size, epochs=config.epochs, state_dir=site.state_dir)
-        decision = decide(ledger, site.privacy, plan)
+        privacy_round = _privacy_round(msg, site, data, config)
+        decision = privacy_round.reserve_training(config.dp_batch_size, config.epochs,
+                                                  trainable=trainable_parameters(model))
         if not decision.train:
-            print(f"[fedmed site {site.name}] round {server_round}: not training: {decision.reason}",
-                  file=sys.stderr)
-            return Message(content=_train_reply(
-                site, SiteStatus(decision.status), decision.reason,
-                {"epsilon": decision.spent_epsilon}), reply_to=msg)
-        if server_round == 1 or plan.planned_rounds == config.rounds - server_round + 1:
-            print(f"[fedmed site {site.name}] DP-SGD plan: noise multiplier {plan.noise_multiplier:.2f}, "
-                  f"q={plan.sample_rate:.4f}, {plan.steps_per_round} steps/round for "
-                  f"{plan.planned_rounds} round(s), budget epsilon={site.privacy.epsilon:g} "
-                  f"delta={plan.delta:.0e} (already spent {decision.spent_epsilon:.3f})", file=sys.stderr)
-        training = make_private_training(
-            model, optimizer, data.train_x, data.train_y, config.batch_size,
-            plan.noise_multiplier, site.privacy.max_grad_norm, seed, model_name=config.model)
-        result = training.train(config.epochs, device)
-        # The spend is recorded before the update leaves the site: a crash in between
-        # over-counts, never under-counts.
-        entry = ledger.append(str(msg.metadata.run_id), server_round, plan.noise_multiplier,
-                              plan.sample_rate, plan.steps_per_round, plan.delta, "prv")
+            return Message(content=_train_reply(site, SiteStatus(decision.status), decision.reason,
+                                                {"epsilon": decision.spent_epsilon}), reply_to=msg)
+        with privacy_round.training() as plan:
+            train_x, train_y = privacy_round.training_records(data.train_x, data.train_y, data.train_patients)
+            training = make_private_training(
+                model, optimizer, train_x, train_y, config.dp_batch_size,
+                plan.noise_multiplier, site.privacy.max_grad_norm, privacy_round.training_seed(),
+                model_name=config.model,
+                # With DP a single augmented view per record measured worse than none
+                # (docs/privacy.md); augmentation then comes with K >= 2 views averaged per record.
+                augment=augmentation if config.augment_views > 1 else None,
+                views=config.augment_views if augmentation else 1)
+            result = training.train(config.epochs, device)
         weights = training.state_dict()
-        privacy = {"epsilon": entry.epsilon, "noise_multiplier": plan.noise_multiplier,
+        privacy = {"epsilon": decision.epsilon_after, "noise_multiplier": plan.noise_multiplier,
                    "delta": plan.delta}
-    metrics = {WEIGHT_KEY: result.num_examples, "train_loss": result.loss,
-               "train_seconds": time.perf_counter() - started, "steps": result.steps, **privacy}
+        # The count as the schedule already shows it (steps = ⌈N/B⌉ per epoch), not N.
+        count = training.schedule.steps_per_epoch * config.dp_batch_size
+    metrics = {WEIGHT_KEY: count, "train_seconds": time.perf_counter() - started,
+               "steps": result.steps, **privacy}
     content = _train_reply(site, SiteStatus.OK, "", metrics, ArrayRecord(weights))
     return Message(content=content, reply_to=msg)
 
@@ -155,12 +169,17 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     data = _site_data(site, config)
     model = _global_model(msg, config)
     started = time.perf_counter()
-    # A class with few held-out images would be countable from the per-class rates.
-    values = suppress_small_cells(evaluate(model, data.val_x, data.val_y, pick_device()),
-                                  data.val_y, len(config.classes))
-    metrics = MetricRecord({WEIGHT_KEY: int(len(data.val_y)), **values,
-                            "eval_seconds": time.perf_counter() - started})
-    content = RecordDict({METRICS_KEY: metrics, SITE_KEY: _site_record(site.name, SiteStatus.OK)})
+    probs = predict_proba(model, data.val_x, pick_device())
+    status, reason = SiteStatus.OK, ""
+    if not site.privacy.enabled:
+        values = {**open_release(probs, data.val_y), "dp_metrics": 0}
+    else:
+        refused, values = _privacy_round(msg, site, data, config).release_evaluation(
+            probs, data.val_y, config.dp_batch_size, config.epochs)
+        if refused is not None:
+            status, reason = SiteStatus(refused.status), refused.reason
+    metrics = MetricRecord({**values, "eval_seconds": time.perf_counter() - started})
+    content = RecordDict({METRICS_KEY: metrics, SITE_KEY: _site_record(site.name, status, reason)})
     return Message(content=content, reply_to=msg)
 
 

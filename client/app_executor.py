@@ -19,10 +19,11 @@ a signal was missed. Tasks run in this one process, so torch is imported once pe
 rather than once per message, and decoded images stay in memory between rounds; their ClientApp calls run
 one at a time.
 
-Limits: the SuperNode's Runtime API listens on loopback without authentication, so a
-local user of the site's machine could take tasks too (Flower's experimental
-`--superexec-auth-secret-file` would close that); and the check is only as good as the
-site's trust in its own installed fedmed.
+Only this executor can take the SuperNode's tasks: `AcquireTask` is signed with the
+secret `fedmed client` wrote for both (`client/runtime_secret.py`; Flower's
+`--superexec-auth-secret-file`), and every other Runtime call needs the task token
+`AcquireTask` returns. The check is only as good as the site's trust in its own
+installed fedmed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedmed.client.app_approval import AppApproval
+from fedmed.client.runtime_secret import read_runtime_secret
 from fedmed.client.task_signal import TaskSignal
 from fedmed.common.protocol import SITE_KEY, SiteStatus
 
@@ -103,15 +105,21 @@ def run_task(address: str, token: str, approval: AppApproval, client_app) -> Non
             client.close()
 
 
-def serve(address: str, approval: AppApproval, wake: Path | None = None) -> None:
+ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
+
+
+def serve(address: str, approval: AppApproval, wake: Path | None = None, secret: bytes | None = None) -> None:
     """Take ClientApp tasks from the SuperNode at `address` until stopped; between
-    tasks, sleep until the SuperNode signals on `wake` (or poll, without one)."""
+    tasks, sleep until the SuperNode signals on `wake` (or poll, without one).
+    `secret` signs AcquireTask (the SuperNode's `--superexec-auth-secret-file`)."""
     # fedmed's installed ClientApp, never the bundle's. Imported before the first task
     # arrives: it brings torch, whose import would otherwise eat into round 1's timeout.
     from fedmed.client.app import app as client_app
+    from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
 
     signal = TaskSignal(wake) if wake is not None else None
-    acquirer = _client(address)
+    signer = [SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK})] if secret else []
+    acquirer = _client(address, *signer)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     while True:
         response = acquirer.AcquireTask(request)
@@ -135,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--approve", action="append", default=[], help="extra approved bundle SHA-256")
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--wake", type=Path, default=None, help="the SuperNode's task-waiting pipe")
+    parser.add_argument("--auth-secret-file", type=Path, default=None,
+                        help="the SuperNode's --superexec-auth-secret-file")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
@@ -142,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[fedmed site {args.site}] runs only approved app bundles: "
           f"{', '.join(sorted(approval.approved))}", flush=True)
     try:
-        serve(args.runtime_api_address, approval, args.wake)
+        secret = read_runtime_secret(args.auth_secret_file) if args.auth_secret_file else None
+        serve(args.runtime_api_address, approval, args.wake, secret)
     except KeyboardInterrupt:
         return 0
     return 0

@@ -5,6 +5,13 @@ will (`scan_site` for the headers and labels, then the real image pipeline on ev
 labelled file), so "decodable" here means exactly "an image training would use", and the
 skip reasons are the ones a training run would count.
 
+A fresh PACS export has no labels yet: the check then inventories every file (decodable,
+modalities, sizes, syntaxes, patients, skip reasons) and names "no labels yet" as the one
+problem; a folder of site folders is recognised and named as such. `preflight` is the
+header-only part (labels, folder layout, I/O problems) that `fedmed client` and
+`fedmed simulate` run before joining, so a site with wrong labels stops here, in words,
+not at round 1 as a `train-error`.
+
 What the report may contain: counts, the aggregate categorical header values a site admin
 needs to spot a wrong export (modality, photometric interpretation, transfer syntax, image
 size, pixel spacing range) and, for the admin's eyes only, the relative paths of skipped
@@ -18,20 +25,30 @@ import os
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
-from fedmed.client.imaging import UnusableImage, preprocess, quiet_pydicom, read_dicom
-from fedmed.client.sitedata import SiteFile, scan_site
-from fedmed.client.sitedata.labels import LABELS_FILE
+from fedmed.client.imaging import (
+    UnusableImage,
+    frame_count,
+    preprocess,
+    quiet_pydicom,
+    read_dicom,
+    syntax_name,
+)
+from fedmed.client.sitedata import SiteFile, SkipReport, scan_site
+from fedmed.client.sitedata.labels import LABELS_FILE, read_labels_csv, resolve_label
+from fedmed.client.sitedata.scan import UNREADABLE_FOLDER, list_files, patient_key
 from fedmed.common.settings import ImageSettings
 
-__all__ = ["DataCheckReport", "PrivacyWarning", "check_site"]
+__all__ = ["DataCheckReport", "Preflight", "PrivacyWarning", "check_site", "preflight"]
+
+# progress(done, total, what): what is "reading headers" or "decoding images".
+Progress = Callable[[int, int, str], None]
 
 # The only skip reason `scan_site` gives a labels.csv row rather than a file.
 _ROW_REASON = "label key matches no file"
@@ -105,8 +122,12 @@ class DataCheckReport:
     photometric: dict[str, int] = field(default_factory=dict)
     transfer_syntaxes: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # "ROWSxCOLS" -> images
+    frames: dict[str, int] = field(default_factory=dict)  # "1" / "2-9" / "10-99" / "100+" -> files
     pixel_spacing_mm: dict[str, float | int | None] = field(default_factory=dict)
     label_problems: dict[str, int] = field(default_factory=dict)
+    label_values: dict[str, int] = field(default_factory=dict)  # label text -> rows / images
+    labelled_layout: bool = True  # False: no labels (yet); every file was inventoried
+    site_folders: list[str] = field(default_factory=list)
     privacy_warnings: list[PrivacyWarning] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -138,8 +159,12 @@ class DataCheckReport:
             "photometric_interpretations": _sorted_counts(self.photometric),
             "transfer_syntaxes": _sorted_counts(self.transfer_syntaxes),
             "image_sizes": _sorted_counts(self.sizes),
+            "frames_per_file": dict(self.frames),
             "pixel_spacing_mm": dict(self.pixel_spacing_mm),
             "label_problems": dict(self.label_problems),
+            "label_values": dict(self.label_values),
+            "labels_found": self.labelled_layout,
+            "site_folders": list(self.site_folders),
             "privacy_warnings": [
                 {"kind": w.kind, "message": w.message, "count": len(w.files), "files": list(w.files)}
                 for w in self.privacy_warnings
@@ -147,43 +172,181 @@ class DataCheckReport:
         }
 
 
+@dataclass
+class Preflight:
+    """The header-only part of the check: labels, layout and I/O problems.
+
+    files / skips: what `scan_site` found (empty when the folder has no usable labels).
+    labelled: whether the folder has labels at all (labels.csv or class-named folders).
+    """
+
+    files: list[SiteFile]
+    skips: SkipReport
+    labelled: bool
+    label_values: dict[str, int]
+    site_folders: list[str]
+    problems: list[str]
+    warnings: list[str]
+
+
+def preflight(
+    data_dir: str | os.PathLike[str],
+    classes: Sequence[str],
+    *,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+    progress: Progress | None = None,
+) -> Preflight:
+    """Read headers and labels only (no decoding): the checks a site runs before it joins.
+
+    Raises ValueError for a path that does not exist or is not a folder, and for fewer
+    than two class names. Every other finding is a problem or warning line, each naming
+    the file or folder it is about.
+    """
+    root = Path(data_dir)
+    classes = tuple(classes)
+    if not root.exists():
+        raise ValueError(f"{root}: no such folder; give the site's DICOM export folder")
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder; give the folder holding the site's DICOM files")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes: expected at least two distinct names, got {','.join(classes)!r}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ValueError(f"{root}: folder cannot be read (permission denied); let this user read it")
+    exclude = list(exclude)
+    problems: list[str] = []
+    warnings: list[str] = []
+    values: dict[str, int] = {}
+    try:
+        values = _label_values(root, classes)
+    except ValueError as exc:
+        problems.append(str(exc))
+    headers = None if progress is None else (lambda done, total: progress(done, total, "reading headers"))
+    try:
+        files, skips = scan_site(root, classes, exclude=exclude, progress=headers)
+        labelled = True
+    except ValueError as exc:
+        files, skips, labelled = [], SkipReport(), False
+        if not problems:  # a malformed labels.csv was reported above
+            problems.append(str(exc))
+    site_folders = _site_folders(root, classes) if not labelled else []
+    if not labelled and not (root / LABELS_FILE).is_file():
+        problems.clear()
+        if site_folders:
+            problems.append(
+                f"{root}: holds {len(site_folders)} site folder(s) ({', '.join(site_folders)}), "
+                f"not one site's files: check one site at a time, e.g. "
+                f"`fedmed data check {root / site_folders[0]}`")
+        else:
+            problems.append(
+                f"{root}: no labels yet: add a {LABELS_FILE} (columns SOPInstanceUID or path, and "
+                f"label) or sort the files into class folders ({', '.join(c + '/' for c in classes)})")
+    unknown = [v for v in values if resolve_label(v, classes) is None]
+    if unknown:
+        line = _suggest_classes(root, values, unknown, classes)
+        (problems if labelled and not files else warnings).append(line)
+    for where, reason in skips.files:
+        if reason == UNREADABLE_FOLDER:
+            problems.append(f"{root / where.rstrip('/')}: folder cannot be read (permission "
+                            "denied): its files are left out; let this user read it")
+    return Preflight(files, skips, labelled, values, site_folders, problems, warnings)
+
+
+def _label_values(root: Path, classes: tuple[str, ...]) -> dict[str, int]:
+    """Label texts found: labels.csv's label column (rows per value) or, without one, the
+    names of top-level folders holding files (files per folder)."""
+    if (root / LABELS_FILE).is_file():
+        return dict(Counter(row.label for row in read_labels_csv(root / LABELS_FILE).rows))
+    if not any(entry.is_dir() and resolve_label(entry.name, classes) is not None
+               for entry in _entries(root)):
+        return {}
+    found: dict[str, int] = {}
+    for entry in _entries(root):
+        if entry.is_dir() and not entry.name.startswith("."):
+            files, _ = list_files(entry)
+            if files:
+                found[entry.name] = len(files)
+    return found
+
+
+def _entries(root: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(root) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _site_folders(root: Path, classes: tuple[str, ...]) -> list[str]:
+    """Sub-folders that look like a site each (their own labels.csv or class folders)."""
+    found = []
+    for entry in sorted(_entries(root), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        inner = _entries(Path(entry.path))
+        if any(e.name == LABELS_FILE and e.is_file() for e in inner) or any(
+            e.is_dir() and resolve_label(e.name, classes) is not None for e in inner
+        ):
+            found.append(entry.name)
+    return found
+
+
+def _suggest_classes(root: Path, values: dict[str, int], unknown: list[str],
+                     classes: tuple[str, ...]) -> str:
+    source = f"{root / LABELS_FILE}" if (root / LABELS_FILE).is_file() else f"{root}'s folder names"
+    shown = ", ".join(f"{v!r} ({values[v]})" for v in sorted(unknown)[:10])
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    names = sorted(v for v in values if v and not v.lstrip("-").isdigit())
+    line = (f"labels in {source} not in the class list {','.join(classes)}: {shown}{more}")
+    if names and len(names) >= 2:
+        line += f"; if these are the classes, pass --classes {','.join(names)} (in label order)"
+    return line
+
+
 def check_site(
     data_dir: str | os.PathLike[str],
     classes: Sequence[str],
     *,
     exclude: Iterable[str | os.PathLike[str]] = (),
+    progress: Progress | None = None,
 ) -> DataCheckReport:
-    """Check a site folder (either layout of `fedmed.client.sitedata.scan`).
+    """Check a site folder (either layout of `fedmed.client.sitedata.scan`), or inventory
+    one without labels.
 
     exclude: folders inside `data_dir` to leave alone (a state folder kept inside it).
+    progress: called as progress(done, total, what) while headers are read and images
+        decoded.
 
-    A malformed labels.csv, or a folder with no labels at all, is reported as a problem
-    rather than raised. Raises ValueError for a path that is not a folder or fewer than
-    two class names.
+    Label and layout problems (no labels yet, a folder of site folders, a malformed or
+    unreadable labels.csv, labels not in the class list) are reported as problems rather
+    than raised. Raises ValueError for a path that does not exist or is not a folder, and
+    fewer than two class names.
     """
     root = Path(data_dir)
     classes = tuple(classes)
-    if not root.is_dir():
-        raise ValueError(f"{root}: expected a site folder of DICOM files, found none")
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ValueError(f"classes: expected at least two distinct names, got {','.join(classes)!r}")
-    report = DataCheckReport(data_dir=str(root), classes=classes)
-    try:
-        files, skips = scan_site(root, classes, exclude=exclude)
-    except ValueError as exc:
-        report.problems.append(str(exc))
+    first = preflight(root, classes, exclude=exclude, progress=progress)
+    report = DataCheckReport(data_dir=str(root), classes=classes, label_values=first.label_values,
+                             labelled_layout=first.labelled, site_folders=first.site_folders)
+    report.problems += first.problems
+    report.warnings += first.warnings
+    warnings: dict[str, PrivacyWarning] = {}
+    if not first.labelled:
+        _inventory(report, root, exclude, warnings, progress)
+        report.privacy_warnings = [warnings[k] for k in _WARNING_TEXT if k in warnings]
         return report
+    files, skips = first.files, first.skips
 
     unknown_rows = sum(1 for where, reason in skips.files if _is_row(where, reason))
-    skipped_files = [(w, r) for w, r in skips.files if not _is_row(w, r)]
+    skipped_files = [(w, r) for w, r in skips.files
+                     if not _is_row(w, r) and r != UNREADABLE_FOLDER]
     report.files_found = len(files) + len(skipped_files)
     report.labelled = len(files)
 
-    warnings: dict[str, PrivacyWarning] = {}
     settings = ImageSettings()
     decodable: list[SiteFile] = []
     spacings: list[float] = []
-    for f in files:
+    for done, f in enumerate(files, start=1):
+        if progress is not None:
+            progress(done, len(files), "decoding images")
         # read_dicom + preprocess is exactly `load_image`, kept apart to see the header too.
         try:
             ds = read_dicom(root / f.relpath)
@@ -205,11 +368,7 @@ def check_site(
             _check_header_privacy(rel, _header_or_none(root / rel), warnings)
 
     report.decodable = len(decodable)
-    report.pixel_spacing_mm = {
-        "min": min(spacings) if spacings else None,
-        "max": max(spacings) if spacings else None,
-        "missing": report.decodable - len(spacings) // 2,
-    }
+    _set_spacing(report, spacings)
     report.skipped_files = sorted(skipped_files)
     report.skipped = dict(Counter(reason for _, reason in skipped_files))
     report.label_problems = {"unknown_keys": unknown_rows}
@@ -219,6 +378,65 @@ def check_site(
     _count_patients(report, decodable)
     _judge(report)
     return report
+
+
+def _set_spacing(report: DataCheckReport, spacings: list[float]) -> None:
+    report.pixel_spacing_mm = {
+        "min": min(spacings) if spacings else None,
+        "max": max(spacings) if spacings else None,
+        "missing": report.decodable - len(spacings) // 2,
+    }
+
+
+def _inventory(report: DataCheckReport, root: Path, exclude: Iterable[str | os.PathLike[str]],
+               warnings: dict[str, PrivacyWarning], progress: Progress | None) -> None:
+    """Every file below `root` through the real pipeline, without labels: what an
+    unlabelled export holds and how much of it would train once labelled."""
+    relpaths, unreadable = list_files(root, exclude)
+    # The site folders' own labels.csv files are labels, not images.
+    relpaths = [rel for rel in relpaths if rel.rsplit("/", 1)[-1] != LABELS_FILE]
+    settings = ImageSettings()
+    skipped: list[tuple[str, str]] = []
+    spacings: list[float] = []
+    patients: set[str] = set()
+    seen_uids: set[str] = set()
+    for done, rel in enumerate(relpaths, start=1):
+        if progress is not None:
+            progress(done, len(relpaths), "decoding images")
+        try:
+            ds = read_dicom(root / rel)
+        except UnusableImage as e:
+            _check_header_privacy(rel, e.partial, warnings)
+            skipped.append((rel, e.reason))
+            continue
+        _check_header_privacy(rel, ds, warnings)
+        try:
+            preprocess(ds, settings)
+        except UnusableImage as e:
+            skipped.append((rel, e.reason))
+            continue
+        uid = _text(ds, "SOPInstanceUID")
+        if uid and uid in seen_uids:
+            skipped.append((rel, "duplicate SOPInstanceUID"))
+            continue
+        seen_uids.add(uid)
+        report.decodable += 1
+        spacings += _count_header(report, ds)
+        with quiet_pydicom():
+            patients.add(patient_key(ds, uid or rel))
+    report.files_found = len(relpaths)
+    for folder in unreadable:
+        report.problems.append(f"{root / folder.rstrip('/')}: folder cannot be read (permission "
+                               "denied): its files are left out; let this user read it")
+    report.skipped_files = sorted(skipped)
+    report.skipped = dict(Counter(reason for _, reason in skipped))
+    report.patients = len(patients)
+    report.images_per_class = {c: 0 for c in report.classes}
+    report.patients_per_class = {c: 0 for c in report.classes}
+    _set_spacing(report, spacings)
+    if report.files_found and not report.decodable:
+        report.warnings.append(f"none of the {report.files_found} files is a decodable image "
+                               "(see skipped)")
 
 
 def _is_row(where: str, reason: str) -> bool:
@@ -255,26 +473,17 @@ def _count_header(report: DataCheckReport, ds: Dataset) -> list[float]:
     photometric = photometric if photometric in _PHOTOMETRIC else "other"
     _add(report.modalities, modality)
     _add(report.photometric, photometric)
-    _add(report.transfer_syntaxes, _syntax_name(ds))
+    _add(report.transfer_syntaxes, syntax_name(ds))
     # The pipeline accepted the image, so Rows and Columns are valid integers.
     _add(report.sizes, f"{int(ds.Rows)}x{int(ds.Columns)}")
+    frames = frame_count(ds)
+    # Ranges, not exact counts: a series' frame count can be as rare as a patient.
+    _add(report.frames, "1" if frames == 1 else "2-9" if frames < 10 else "10-99" if frames < 100 else "100+")
     return _spacing(ds)
 
 
 def _add(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
-
-
-def _syntax_name(ds: Dataset) -> str:
-    meta = getattr(ds, "file_meta", None)
-    value = str(meta.get("TransferSyntaxUID") or "").strip() if meta is not None else ""
-    if not value:
-        return "(missing)"
-    uid = UID(value)
-    # A registered syntax names a codec; any other UID is an organisation's and is not shown.
-    if uid.is_transfer_syntax and uid.name != str(uid):
-        return uid.name
-    return "private or unknown"
 
 
 def _spacing(ds: Dataset) -> list[float]:

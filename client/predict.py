@@ -2,9 +2,18 @@
 
 A checkpoint carries the model's name, its classes and the image settings it was trained
 with (`fedmed.common.checkpoint`); every file goes through the same `load_image` the sites
-train on, with those settings. A file that cannot be used gets a `Prediction` with its
-reason and the batch goes on; a model file that is not a usable fedmed model is refused
+train on, with those settings. The predicted class follows the model's operating
+threshold when it carries one (`fedmed.common.operating_point`), else the most probable
+class. A file that cannot be used gets a `Prediction` with its reason and the batch goes on; a model file that is not a usable fedmed model is refused
 up front with `ModelMismatch`.
+
+A file unlike what the model was trained on still gets scores, with a `warning`: another
+modality than the model's declared ones, a colour image for a model of greyscale
+modalities, an image smaller than the model's input (upscaled) or stretched by more than
+2:1. What the model was trained on is its checkpoint's `trained_on` (the run's declared
+image settings; older models: their image settings), never a statistic of any site's
+images. A multi-frame file under the model's "all" frame policy is scored frame by frame
+and gets the mean of its frames' probabilities.
 """
 
 from __future__ import annotations
@@ -18,15 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmed.client.imaging import UnusableImage, load_image
+from fedmed.client.imaging import UnusableImage, image_kind, load_images, quiet_pydicom
 from fedmed.client.sitedata.labels import LABELS_FILE
 from fedmed.client.training import predict_proba
-from fedmed.common.checkpoint import load_checkpoint
+from fedmed.common.checkpoint import load_checkpoint, saved_threshold
 from fedmed.common.models import build_model
-from fedmed.common.settings import ImageSettings
+from fedmed.common.operating_point import decide
+from fedmed.common.settings import GREYSCALE_MODALITIES, ImageSettings, trained_on
 
 __all__ = ["LoadedModel", "ModelMismatch", "Prediction", "expand_inputs", "load_model",
-           "predict_files", "write_predictions_csv"]
+           "predict_files", "unlike_training", "write_predictions_csv"]
 
 # Files are decoded and scored this many at a time, bounding memory on large folders.
 _CHUNK = 256
@@ -42,6 +52,8 @@ class LoadedModel:
     name: str
     classes: tuple[str, ...]
     settings: ImageSettings
+    trained_on: dict = field(default_factory=dict)
+    threshold: float | None = None  # cut-off on P(class 1); None: arg-max
 
 
 @dataclass
@@ -51,13 +63,18 @@ class Prediction:
     path: str
     probabilities: dict[str, float] = field(default_factory=dict)  # class -> probability
     error: str = ""
+    warning: str = ""  # how the file differs from the model's training data, if it does
+    threshold: float | None = None  # the model's cut-off on P(class 1); None: arg-max
 
     @property
     def predicted(self) -> str:
-        """The most probable class; "" for a file that could not be used."""
+        """The class at the model's operating threshold (the most probable class when it
+        has none); "" for a file that could not be used."""
         if not self.probabilities:
             return ""
-        return max(self.probabilities, key=self.probabilities.__getitem__)
+        names = list(self.probabilities)
+        row = np.asarray([[self.probabilities[c] for c in names]])
+        return names[int(decide(row, self.threshold)[0])]
 
 
 def load_model(model_path: str | os.PathLike[str]) -> LoadedModel:
@@ -76,12 +93,15 @@ def load_model(model_path: str | os.PathLike[str]) -> LoadedModel:
         classes = tuple(str(c) for c in payload["classes"])
         settings = ImageSettings.from_dict(payload["image"])
         model = build_model(str(payload["model"]), len(classes), settings.size)
+        threshold = saved_threshold(payload)
     except (TypeError, ValueError) as exc:
         raise ModelMismatch(f"{path}: {exc}") from None
     _check_weights(path, model, payload["state_dict"], len(classes))
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return LoadedModel(model, str(payload["model"]), classes, settings)
+    recorded = payload.get("trained_on")
+    return LoadedModel(model, str(payload["model"]), classes, settings,
+                       recorded if isinstance(recorded, dict) else trained_on(settings), threshold)
 
 
 def _check_weights(path: Path, model: torch.nn.Module, weights: dict, num_classes: int) -> None:
@@ -142,40 +162,67 @@ def predict_files(
 
 
 def _predict_chunk(loaded: LoadedModel, files: list[Path]) -> list[Prediction]:
-    results = [Prediction(str(f)) for f in files]
-    images, scored = [], []
+    results = [Prediction(str(f), threshold=loaded.threshold) for f in files]
+    images, owner = [], []
     for i, f in enumerate(files):
         if not f.exists():
             results[i].error = "file not found"
             continue
         try:
-            x, _ = load_image(f, loaded.settings)
+            x, ds = load_images(f, loaded.settings)
         except UnusableImage as e:
             results[i].error = e.reason
             continue
         except OSError:
             results[i].error = "unreadable file"
             continue
-        images.append(x)
-        scored.append(i)
+        results[i].warning = unlike_training(ds, loaded.trained_on)
+        images.extend(x)
+        owner.extend([i] * len(x))
     if images:
         # CPU: scoring files needs no GPU, and the numbers then do not depend on the card.
         probs = predict_proba(loaded.model, np.stack(images)[:, None], torch.device("cpu"))
-        for i, p in zip(scored, probs):
-            results[i].probabilities = {c: float(v) for c, v in zip(loaded.classes, p)}
+        owner_arr = np.asarray(owner)
+        for i in sorted(set(owner)):
+            # One file's frames ("all" policy): the mean of their probabilities.
+            mean = probs[owner_arr == i].mean(axis=0)
+            results[i].probabilities = {c: float(v) for c, v in zip(loaded.classes, mean)}
     return results
+
+
+def unlike_training(ds, recorded: dict) -> str:
+    """How a file differs from what the model says it was trained on; "" when it does not
+    (or when the model does not say). Only the file's categorical header values and its
+    size are compared; the text names well-known codes, never a free-text header value."""
+    with quiet_pydicom():
+        modality = str(ds.get("Modality") or "").strip().upper()
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    notes = []
+    declared = [str(m) for m in recorded.get("modalities") or []]
+    shown = "no" if not modality else (modality if modality.isalnum() and len(modality) <= 16 else "another")
+    if declared and modality not in declared:
+        notes.append(f"{shown} modality (the model was trained on {', '.join(declared)})")
+    if declared and set(declared) <= GREYSCALE_MODALITIES and image_kind(ds) != "grey":
+        notes.append(f"colour image (the model was trained on greyscale {', '.join(declared)})")
+    size = int(recorded.get("input_size") or 0)
+    if size and rows and cols and min(rows, cols) < size:
+        notes.append(f"image of {rows}x{cols} pixels upscaled to the model's {size}x{size} input")
+    if rows and cols and max(rows, cols) > 2 * min(rows, cols):
+        notes.append(f"image of {rows}x{cols} pixels stretched to a square")
+    return "; ".join(notes)
 
 
 def write_predictions_csv(path: str | os.PathLike[str], predictions: Sequence[Prediction],
                           classes: Sequence[str]) -> Path:
-    """`path,predicted,prob_<class>...,error`: one row per file; a file that could not be
-    used has empty probabilities and its reason in `error`."""
+    """`path,predicted,prob_<class>...,error,warning`: one row per file; a file that could
+    not be used has empty probabilities and its reason in `error`; a file unlike the
+    model's training data has its scores and the difference in `warning`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), "error"])
+        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in classes), "error", "warning"])
         for p in predictions:
             probs = [f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in classes]
-            writer.writerow([p.path, p.predicted, *probs, p.error])
+            writer.writerow([p.path, p.predicted, *probs, p.error, p.warning])
     return path

@@ -31,10 +31,15 @@ from pathlib import Path
 
 from fedmed.client import fleet_polling
 from fedmed.client.privacy.policy import PrivacyPolicy
+from fedmed.client.join_check import DEFAULT_GIVE_UP_AFTER, JoinCheck, JoinError
 from fedmed.client.site import default_state_dir
+from fedmed.client.runtime_secret import runtime_secret_path, write_runtime_secret
+from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.client.task_signal import signal_path
 from fedmed.common.certs import CertError, site_material
-from fedmed.common.processes import flower_env, free_port, split_address, start, stop
+from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
+from fedmed.common.processes import flower_env, split_address
+from fedmed.common.supervision import Child, ChildExited, PortInUse, first_exited, start_on_free_port, stop_all
 from fedmed.common.settings import DEFAULT_CLASSES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -44,6 +49,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RUNNING_MARKER = "supernode.running"
 REJOIN_WINDOW = 100.0
 REJOIN_RETRY = 10.0
+# Seconds the SuperNode may take to open its Runtime API (an import of Flower on a busy
+# machine); it binds that port before it contacts the coordinator.
+SUPERNODE_START_TIMEOUT = 120.0
 
 
 class ClientSetupError(ValueError):
@@ -61,6 +69,9 @@ class ClientOptions:
     approve: tuple[str, ...] = ()
     privacy: PrivacyPolicy = PrivacyPolicy()
     classes: tuple[str, ...] = DEFAULT_CLASSES
+    # Seconds a failure that retrying will not fix (TLS or protocol mismatch) may last
+    # before the site stops; an unreachable coordinator is retried without end.
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER
 
 
 def _toml_string(value: str, flag: str) -> str:
@@ -88,7 +99,7 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
     # Flower's SuperNode, started through fedmed's request pacing (`fleet_polling`).
     cmd = [*fleet_polling.command(signal_path(state_dir)), "--superlink", options.server,
            "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port),
-           "--isolation", "process"]
+           "--isolation", "process", "--superexec-auth-secret-file", str(runtime_secret_path(state_dir))]
     if options.insecure:
         cmd.append("--insecure")
     else:
@@ -121,6 +132,7 @@ def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path)
     cmd = [sys.executable, "-m", "fedmed.client.app_executor",
            "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--site", options.site,
            "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid()),
+           "--auth-secret-file", str(runtime_secret_path(state_dir)),
            "--wake", str(signal_path(state_dir).resolve())]
     for value in approved:
         cmd += ["--approve", value]
@@ -128,18 +140,26 @@ def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path)
 
 
 def preflight(options: ClientOptions, classes: tuple[str, ...]) -> str:
-    """Scan the site's folder before joining, so the admin sees data problems here, at the
-    site, with file names — the coordinator only ever gets counts. Returns a summary line."""
-    from fedmed.client.sitedata import scan_site
+    """Run `fedmed data check`'s header-only checks before joining, so the admin sees data
+    problems here, at the site, with file names — the coordinator only ever gets counts.
+    Returns a summary line; raises ClientSetupError (exit before joining) on a problem."""
+    from fedmed.client.datacheck import preflight as check
 
-    files, skipped = scan_site(Path(options.data_dir), classes)
-    if not files:
-        raise ClientSetupError(f"--data {options.data_dir}: no usable labelled DICOM image "
-                               f"({skipped.total} file(s) skipped); run `fedmed data check` on it")
+    try:
+        found = check(Path(options.data_dir), classes, exclude=[options.state_dir] if options.state_dir else ())
+    except ValueError as exc:
+        raise ClientSetupError(f"--data {exc}") from None
+    files, skipped = found.files, found.skips
+    if found.problems or not files:
+        problems = found.problems or [f"{options.data_dir}: no usable labelled DICOM image "
+                                      f"({skipped.total} file(s) skipped)"]
+        raise ClientSetupError("; ".join(problems) + f"; run `fedmed data check {options.data_dir}`")
     line = f"site {options.site}: {len(files)} labelled image(s) ready"
     if skipped.total:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.counts.items()))
         line += f"; {skipped.total} skipped ({reasons})"
+    for warning in found.warnings:
+        line += f"\nsite {options.site}: warning: {warning}"
     return line
 
 
@@ -153,6 +173,8 @@ def run_client(options: ClientOptions) -> int:
         raise ClientSetupError(f"--data {options.data_dir}: not a folder; point it at the site's "
                                "DICOM export (labels.csv or class sub-folders)")
     host, _ = split_address(options.server, "--server")
+    if options.give_up_after < 0:
+        raise ClientSetupError(f"--give-up-after {options.give_up_after:g}: expected seconds, 0 or more")
     if options.insecure:
         if host not in LOOPBACK:
             raise ClientSetupError(f"--server {options.server}: --insecure connects only to loopback; "
@@ -161,25 +183,49 @@ def run_client(options: ClientOptions) -> int:
             raise ClientSetupError("--insecure connects without TLS or a key: drop --certs or drop --insecure")
     else:
         _material(options)
-    print(preflight(options, options.classes), flush=True)
-    if options.privacy.enabled:
-        print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
-              "for all runs on this data (the privacy ledger is in the state folder)", flush=True)
-    else:
-        print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run", flush=True)
     state_dir = Path(options.state_dir or default_state_dir(options.site))
+    # Everything the site and its SuperNode and executor write (ledger, cache, logs,
+    # the Runtime API secret) is for this account only.
+    os.umask(0o077)
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
-    marker = state_dir / RUNNING_MARKER
-    rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
-    marker.write_text(str(os.getpid()))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly, as on Ctrl-C
     try:
+        with state_lock(state_dir):  # before the (slow) scan: a second process is refused at once
+            return _run_locked(options, state_dir)
+    except StateLocked as exc:
+        raise ClientSetupError(str(exc)) from None
+
+
+def _run_locked(options: ClientOptions, state_dir: Path) -> int:
+    write_runtime_secret(state_dir)
+    marker = state_dir / RUNNING_MARKER
+    rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
+    marker.write_text(str(os.getpid()))
+    try:
+        print(preflight(options, options.classes), flush=True)
+        if options.privacy.enabled:
+            print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
+                  "for all runs on this data (the privacy ledger is in the state folder)", flush=True)
+            if not options.privacy.private_metrics:
+                print(f"site {options.site}: evaluation metrics are sent EXACTLY (--no-dp-metrics); "
+                      "each release is recorded in the ledger", flush=True)
+        else:
+            print(f"site {options.site}: differential privacy OFF (--no-dp); this is recorded in the run",
+                  flush=True)
+        say = lambda line: print(f"site {options.site}: {line}", flush=True)  # noqa: E731
+        check = JoinCheck(options.server, options.insecure,
+                          None if options.insecure else _material(options).ca_cert.resolve(), say,
+                          options.give_up_after)
         while True:
+            try:
+                check.wait_until_reachable()
+            except JoinError:
+                return 1  # the reason is the line just printed
             # Flower's SuperNode exits with status 1 for every error (its own code, 305
             # for a refused connection, is only printed), so any failure counts here.
-            supernode_failed, code = _serve(options, state_dir)
+            supernode_failed, code = _serve(options, state_dir, check)
             if not supernode_failed or time.monotonic() > rejoin_until:
                 return code
             print(f"site {options.site}: the coordinator refused this site; it still holds the "
@@ -187,27 +233,51 @@ def run_client(options: ClientOptions) -> int:
                   flush=True)
             time.sleep(REJOIN_RETRY)
     except KeyboardInterrupt:
-        return 130
+        print(f"site {options.site}: interrupted; stopped", flush=True)
+        return EXIT_INTERRUPTED
     finally:
         marker.unlink(missing_ok=True)
 
 
-def _serve(options: ClientOptions, state_dir: Path) -> tuple[bool, int]:
-    """Run the SuperNode and the executor until either ends; return (whether the
-    SuperNode ended with an error, the exit code of the one that ended)."""
-    runtime_port = free_port()
+def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck) -> tuple[bool, int]:
+    """Run the SuperNode and the executor until either ends (or `check` gives up on the
+    coordinator); return (whether the SuperNode ended with an error, the exit code)."""
     # Flower keeps each run's app bundle under FLWR_HOME; keep it in the site's state.
     env = flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())})
-    processes = [start(supernode_command(options, runtime_port), None, env)]
+    say = check.say
+    check.refusal = None
     try:
-        processes.append(start(executor_command(options, runtime_port, state_dir), None, env))
+        # The executor finds the SuperNode on its Runtime API port, so the SuperNode must
+        # hold that port before the executor starts (a clash is retried on a new port).
+        supernode, runtime_port = start_on_free_port(
+            "SuperNode", lambda port: supernode_command(options, port), env, on_retry=say,
+            on_line=check.on_supernode_line, timeout=SUPERNODE_START_TIMEOUT)
+    except ChildExited as exc:
+        say(f"{exc}; see the lines above")
+        return True, exc.child.returncode or 1
+    except (PortInUse, TimeoutError) as exc:
+        say(str(exc))
+        return False, 1
+    children = [supernode]
+    try:
+        children.append(Child("executor", executor_command(options, runtime_port, state_dir), env,
+                              capture=False))
         # Either process ending ends the site: a SuperNode without its executor would
         # accept work it never does.
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        supernode = processes[0].returncode
-        return (supernode not in (None, 0),
-                supernode if supernode is not None else processes[1].returncode)
+        ended = first_exited(children, stop_when=lambda: check.failed is not None)
+        if ended is None:
+            return False, 1  # the coordinator cannot be joined as configured; the line is out
+        if ended is not supernode:
+            say(f"the {ended.name} exited with code {ended.returncode}; stopping the site")
+        elif check.refusal:
+            say(f"the coordinator refused this site ({check.refusal}): if this site is new, its public key "
+                f"must be enrolled there first (`fedmed server enroll`, or {options.site}.pub in the "
+                "coordinator's --sites-dir)")
+        code = supernode.returncode
+        return (code not in (None, 0), code if code is not None else ended.returncode)
+    except KeyboardInterrupt:
+        supernode.mute()  # the operator asked to stop: one line, not Flower's shutdown log
+        raise
     finally:
-        for process in reversed(processes):
-            stop(process)
+        with signals_held():
+            stop_all(children)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedmed.client.augmentation import AugmentSettings, augment
 from fedmed.common.federation import FederationConfig
 from fedmed.common.metrics import classification_metrics
 
@@ -33,7 +34,33 @@ def round_seed(seed: int, site: str, server_round: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_optimizer(model: nn.Module, config: FederationConfig) -> torch.optim.Optimizer:
+DP_MOMENTUM = 0.9
+"""Momentum of the SGD that DP-SGD sites train with (docs/privacy.md, "The DP recipe")."""
+
+
+def dp_round_lr(config: FederationConfig, server_round: int) -> float:
+    """The DP learning rate of round `server_round` of `config.rounds`: cosine decay from
+    `dp_lr` (Loshchilov & Hutter 2017, "SGDR"), by round, so every site lowers it alike.
+
+    The last rounds' smaller steps add less noise to the final model: with DP-SGD the last
+    iterate carries the noise of its last steps, scaled by the learning rate.
+    """
+    progress = (min(max(server_round, 1), config.rounds) - 1) / config.rounds
+    return config.dp_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: FederationConfig, dp: bool = False,
+                   server_round: int = 1) -> torch.optim.Optimizer:
+    """The local optimiser: the run's `optimizer`/`lr`, or with DP SGD with momentum at
+    `dp_round_lr` (cosine-decayed `dp_lr`).
+
+    DP-SGD's averaged gradient has a fixed norm bound (the clipping norm) plus noise; plain
+    SGD with momentum turns that into steps proportional to the signal, while Adam's
+    per-weight normalisation gives every weight -- even one whose gradient is pure noise -- a
+    step of about lr, and a freshly built Adam's first step is lr·sign(g) on every weight.
+    """
+    if dp:
+        return torch.optim.SGD(model.parameters(), lr=dp_round_lr(config, server_round), momentum=DP_MOMENTUM)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     return torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -60,8 +87,11 @@ def train_local(
     epochs: int,
     device: torch.device,
     on_batch: BatchCallback | None = None,
+    augmentation: AugmentSettings | None = None,
+    seed: int = 0,
 ) -> TrainResult:
-    """Plain (or, with an Opacus-wrapped model/optimizer/loader, DP) local epochs."""
+    """Plain local epochs; with `augmentation`, every batch is a fresh random version of
+    its images (drawn from `seed`)."""
     model.to(device).train()
     criterion = nn.CrossEntropyLoss()
     steps = 0
@@ -69,9 +99,12 @@ def train_local(
     for epoch in range(epochs):
         total, count = 0.0, 0
         batches = len(loader)
+        generator = torch.Generator().manual_seed(seed + epoch) if augmentation else None
         for batch, (xb, yb) in enumerate(loader):
             if len(xb) == 0:  # Poisson sampling can draw an empty batch
                 continue
+            if augmentation is not None:
+                xb = augment(xb, augmentation, generator)
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)

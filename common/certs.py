@@ -210,6 +210,11 @@ def server_material(certs: Path) -> ServerMaterial:
             raise CertError(f"--certs {certs}: {path.name} missing; make the folder with "
                             "`fedmed certs init --out DIR --server-name NAME`")
     load_ca(paths.ca_cert, "--certs")
+    # The server key lets its holder pose as the coordinator; the CA key, if it is kept
+    # here at all, lets its holder mint a new coordinator certificate.
+    for key in (paths.key, Path(certs) / CA_KEY):
+        if key.is_file() and key.stat().st_mode & 0o077:
+            raise CertError(f"--certs {certs}: {key.name} is readable by other users; run `chmod 600 {key}`")
     return paths
 
 

@@ -2,6 +2,13 @@
 
 A checkpoint holds the model's name, its classes and the image settings it was trained
 with, so prediction preprocesses exactly as training did and a mismatch is refused.
+
+Optional top-level keys (passed through `extra`):
+  threshold        the operating cut-off on P(class 1) of a binary model; absent or None
+                   means arg-max (`fedmed.common.operating_point`)
+  threshold_rule   where the threshold came from, in words
+  strategy_state   the coordinator's strategy state after the round (for --resume)
+  pretrained       how `fedmed pretrain` made the model (data file name, epochs, ...)
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmed.common.federation import FederationConfig
+from fedmed.common.settings import trained_on
+from fedmed.common.operating_point import check_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +39,8 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: Fed
         "model": config.model,
         "classes": list(config.classes),
         "image": config.image.to_dict(),
+        # Optional (older models lack it): what predict compares a file with.
+        "trained_on": trained_on(config.image),
         "federation": config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         **(extra or {}),
@@ -52,3 +63,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fedmed model file (expected format {FORMAT})")
     return payload
+
+
+def saved_threshold(payload: dict[str, Any], path: Path | str | None = None) -> float | None:
+    """The checkpoint's operating threshold, or None for arg-max; ValueError naming the
+    file for a value that is not a cut-off in [0, 1] on a two-class model."""
+    return check_threshold(payload.get("threshold"), len(payload.get("classes") or ()),
+                           f"{path}: threshold" if path else "threshold")

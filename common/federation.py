@@ -15,9 +15,9 @@ from typing import Any
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
 # The models `common/models.py` builds; named here so that reading a config needs no torch.
-MODEL_NAMES = ("cnn", "resnet18")
+MODEL_NAMES = ("cnn", "dpcnn", "resnet18")
 OPTIMIZERS = ("sgd", "adam")
-STRATEGIES = ("fedavg", "fedadam")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class FederationConfig:
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
-    model: str = "cnn"
+    model: str = "dpcnn"
     classes: tuple[str, ...] = DEFAULT_CLASSES
     image: ImageSettings = field(default_factory=ImageSettings)
     min_sites: int = 2
@@ -38,6 +38,19 @@ class FederationConfig:
     round_timeout: float = 1800.0
     strategy: str = "fedavg"
     server_lr: float = 1e-2
+    # A site training with DP-SGD uses these instead of batch_size/lr/optimizer: SGD with
+    # momentum 0.9 on large Poisson batches (docs/privacy.md, "The DP recipe").
+    dp_batch_size: int = 256
+    dp_lr: float = 0.5
+    # Label-preserving augmentation at the sites (fedmed.client.augmentation); flips only
+    # where left and right carry no meaning. Sites without DP augment every batch. A DP-SGD
+    # site augments only with augment_views = K ≥ 2: K augmented views of each sampled
+    # record averaged before its gradient is clipped (one view per record measured worse
+    # than none under DP; docs/privacy.md).
+    augment: bool = True
+    flips: bool = False
+    augment_views: int = 1
+    server_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         checks = [
@@ -58,6 +71,12 @@ class FederationConfig:
             (self.strategy in STRATEGIES,
              f"strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
             (self.server_lr > 0, f"server learning rate: expected a positive number, got {self.server_lr}"),
+            (self.dp_batch_size >= 1, f"DP batch size: expected at least 1, got {self.dp_batch_size}"),
+            (self.dp_lr > 0, f"DP learning rate: expected a positive number, got {self.dp_lr}"),
+            (1 <= self.augment_views <= 64,
+             f"augmentation views: expected 1 to 64, got {self.augment_views}"),
+            (0 <= self.server_momentum < 1,
+             f"server momentum: expected 0 <= momentum < 1, got {self.server_momentum}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,8 +1,16 @@
-"""Classification metrics a site computes on its held-out split, and their aggregation.
+"""Classification metrics of held-out splits: from predictions, and from score histograms.
 
-Sites compute these from their own predictions; only the resulting numbers leave a site.
-The federation's aggregate of a metric is the example-weighted mean over sites — the
-coordinator never sees predictions, so a pooled ROC AUC cannot be computed.
+A site never sends predictions. For a binary task it sends, per true class k, a histogram
+of the model's score P(class 1) in `HIST_BINS` equal-width bins on [0, 1]
+(`score_histograms`; key `histogram_key(k)`), noised when its DP is on. Everything else
+is derived from those histograms (`histogram_metrics`), at the site and again at the
+coordinator, which pools the sites' histograms into one, chooses the federation's
+operating threshold on it (`choose_threshold`: the largest balanced accuracy, i.e.
+Youden's J; Youden 1950, "Index for rating diagnostic tests") and reports every site at
+that threshold (`evaluation_round`). Histograms summarise a score to its bin, so AUC and
+the ROC are those of the binned score (ties within a bin counted half), and the threshold
+is a bin edge. The example-weighted mean over sites (`aggregate_sites`) remains for runs
+without histograms.
 """
 
 from __future__ import annotations
@@ -13,6 +21,158 @@ from typing import Mapping
 import numpy as np
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "sensitivity", "specificity")
+HIST_BINS = 20
+"""Bins of the score histograms on [0, 1]; a reader takes B from the list's length."""
+DEFAULT_THRESHOLD = 0.5
+
+
+def histogram_key(true_class: int) -> str:
+    """The evaluation reply's key of the score histogram of images of ``true_class``."""
+    return f"score-hist-{true_class}"
+
+
+def score_histograms(scores: np.ndarray, labels: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
+    """(2, bins) counts of the score P(class 1) per true class (0, 1); a score of exactly 1
+    falls in the last bin."""
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    index = np.minimum((scores * bins).astype(np.int64), bins - 1)
+    out = np.zeros((2, bins), dtype=np.float64)
+    for k in (0, 1):
+        out[k] = np.bincount(index[np.asarray(labels) == k], minlength=bins)
+    return out
+
+
+def consistent_counts(noised: np.ndarray) -> np.ndarray:
+    """Non-negative counts closest to noised ones, row by row: the least-squares
+    non-decreasing fit of each row's cumulative sums (pool-adjacent-violators), floored at
+    0, differenced back into bins. Constrained inference in the manner of Hay et al. 2010
+    ("Boosting the accuracy of differentially private histograms through consistency"):
+    post-processing, so it costs no privacy, and unlike setting negative bins to 0 it does
+    not add the noise of every empty bin to the counts (which drags AUC towards 0.5)."""
+    out = np.empty_like(np.asarray(noised, dtype=np.float64))
+    for i, row in enumerate(np.asarray(noised, dtype=np.float64)):
+        blocks: list[list[float]] = []  # [mean, weight]
+        for value in np.cumsum(row):
+            blocks.append([float(value), 1.0])
+            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+                (m1, w1), (m2, w2) = blocks[-2], blocks[-1]
+                blocks[-2:] = [[(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2]]
+        cumulative = np.maximum(np.repeat([m for m, _ in blocks], [int(w) for _, w in blocks]), 0.0)
+        out[i] = np.diff(np.concatenate([[0.0], cumulative]))
+    return out
+
+
+def read_histograms(metrics: Mapping[str, object]) -> np.ndarray | None:
+    """The (2, B) histograms in a site's reply as consistent counts (`consistent_counts`:
+    noised counts may be negative); None when the reply has none (an older site, a
+    multi-class task, withheld)."""
+    rows = []
+    for k in (0, 1):
+        value = metrics.get(histogram_key(k))
+        if not isinstance(value, (list, tuple)) or not value:
+            return None
+        rows.append([float(v) for v in value])
+    if len(rows[0]) != len(rows[1]) or not all(math.isfinite(v) for row in rows for v in row):
+        return None
+    return consistent_counts(np.asarray(rows, dtype=np.float64))
+
+
+def roc_from_histograms(hist: np.ndarray) -> tuple[list[float], list[float]]:
+    """ROC points (fpr, tpr) at every bin edge, from (0, 0) (threshold above every score)
+    to (1, 1) (threshold 0); empty lists when a class has no weight."""
+    neg, pos = hist[0], hist[1]
+    n_neg, n_pos = neg.sum(), pos.sum()
+    if n_neg <= 0 or n_pos <= 0:
+        return [], []
+    # threshold at edge j (j = B .. 0): positive when the score's bin index >= j
+    tp = np.concatenate([[0.0], np.cumsum(pos[::-1])])
+    fp = np.concatenate([[0.0], np.cumsum(neg[::-1])])
+    return [float(v) for v in fp / n_neg], [float(v) for v in tp / n_pos]
+
+
+def auc_from_histograms(hist: np.ndarray) -> float:
+    """Area under the histogram ROC (trapezoids): the Mann–Whitney AUC of the binned score."""
+    fpr, tpr = roc_from_histograms(hist)
+    if not fpr:
+        return math.nan
+    return float(np.trapezoid(tpr, fpr))
+
+
+def confusion_at(hist: np.ndarray, threshold: float) -> np.ndarray:
+    """[[TN, FP], [FN, TP]] ([true][predicted]) when a score >= ``threshold`` is class 1
+    (``threshold`` is taken to the nearest bin edge)."""
+    bins = hist.shape[1]
+    edge = int(min(max(round(threshold * bins), 0), bins))
+    neg, pos = hist[0], hist[1]
+    return np.array([[neg[:edge].sum(), neg[edge:].sum()], [pos[:edge].sum(), pos[edge:].sum()]])
+
+
+def choose_threshold(hist: np.ndarray) -> float:
+    """The bin edge with the largest balanced accuracy (Youden's J); ties go to the edge
+    nearest 0.5, and 0.5 is kept when a class has no weight."""
+    bins = hist.shape[1]
+    if hist[0].sum() <= 0 or hist[1].sum() <= 0:
+        return DEFAULT_THRESHOLD
+    best, best_key = DEFAULT_THRESHOLD, None
+    for edge in range(bins + 1):
+        t = edge / bins
+        key = (_rates(confusion_at(hist, t))[2], -abs(t - DEFAULT_THRESHOLD))
+        if best_key is None or key > best_key:
+            best, best_key = t, key
+    return best
+
+
+def _rates(confusion: np.ndarray) -> tuple[float, float, float]:
+    """Sensitivity, specificity and balanced accuracy of a 2×2 confusion matrix."""
+    (tn, fp), (fn, tp) = confusion
+    sens = tp / (tp + fn) if tp + fn > 0 else math.nan
+    spec = tn / (tn + fp) if tn + fp > 0 else math.nan
+    balanced = _nanmean([sens, spec])
+    return float(sens), float(spec), balanced
+
+
+def histogram_metrics(hist: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, object]:
+    """Every metric of a held-out split derived from its score histograms, at ``threshold``.
+
+    The loss is the cross-entropy of each bin's centre score (an approximation: the
+    histogram keeps no finer score).
+    """
+    bins = hist.shape[1]
+    total = float(hist.sum())
+    confusion = confusion_at(hist, threshold)
+    sens, spec, balanced = _rates(confusion)
+    centres = (np.arange(bins) + 0.5) / bins
+    loss = (-(hist[1] * np.log(centres)).sum() - (hist[0] * np.log(1 - centres)).sum()) / total \
+        if total > 0 else math.nan
+    fpr, tpr = roc_from_histograms(hist)
+    return {
+        "num_examples": total,
+        "loss": float(loss),
+        "accuracy": float((confusion[0, 0] + confusion[1, 1]) / total) if total > 0 else math.nan,
+        "balanced_accuracy": balanced,
+        "auc": auc_from_histograms(hist),
+        "sensitivity": sens,
+        "specificity": spec,
+        "confusion": [[float(v) for v in row] for row in confusion],
+        "roc": {"fpr": fpr, "tpr": tpr},
+        "threshold": float(threshold),
+    }
+
+
+def evaluation_round(site_metrics: Mapping[str, Mapping[str, object]]) -> tuple[dict[str, dict], dict | None]:
+    """The coordinator's view of one evaluation round: per site, the metrics derived from
+    its histograms at the pooled threshold; and the pooled metrics (with ``threshold``),
+    or None when no site sent histograms."""
+    hists = {name: h for name, m in site_metrics.items() if (h := read_histograms(m)) is not None}
+    if not hists:
+        return {}, None
+    shapes = {h.shape for h in hists.values()}
+    if len(shapes) != 1:  # sites binned differently: no pooling, each at its own threshold
+        return {name: histogram_metrics(h, choose_threshold(h)) for name, h in hists.items()}, None
+    pooled = sum(hists.values())
+    threshold = choose_threshold(pooled)
+    per_site = {name: histogram_metrics(h, threshold) for name, h in hists.items()}
+    return per_site, histogram_metrics(pooled, threshold)
 
 
 def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float:

@@ -67,6 +67,79 @@ def _out_of_place_basic_block() -> type:
     return _OutOfPlaceBasicBlock
 
 
+class StandardizedConv2d(nn.Conv2d):
+    """A convolution whose kernel is standardised (zero mean, unit variance per output
+    channel) on every forward pass: weight standardisation (Qiao et al. 2019, "Micro-Batch
+    Training with Batch-Channel Normalization and Weight Standardization"), which De et al.
+    2022 ("Unlocking High-Accuracy Differentially Private Image Classification through
+    Scale") pair with GroupNorm for DP-SGD. The stored weights are plain conv weights, so
+    checkpoints and federated averaging see an ordinary layer.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) / torch.sqrt(var + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ImageStandardize(nn.Module):
+    """Each image scaled to zero mean and unit variance on its own.
+
+    It removes an image's overall brightness and contrast -- which differ between scanners
+    and so between sites -- using nothing but that image, so it needs no statistic of any
+    site's data (and no privacy budget).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return (x - mean) / (std + 1e-3)
+
+
+class DPCNN(nn.Module):
+    """A small convolutional network built for DP-SGD: few weights, no dense layer on
+    the feature map.
+
+    DP-SGD adds noise of norm about σ·C·√d to each step's gradient sum for a model of d
+    weights, while the clipped signal is at most C per record, so d is what a small
+    hospital's data set pays for. Here d is about 25 k, against the `cnn` model's 421 k
+    on 28×28 (most of them in its first dense layer); the ratio of noise to signal drops
+    about four-fold. The design follows what the DP literature found to train well:
+
+    * each image standardised on its own (`ImageStandardize`);
+    * four 3×3 convolutions with weight standardisation and GroupNorm (De et al. 2022),
+      no BatchNorm, whose batch statistics DP-SGD cannot use;
+    * global average pooling then one linear layer, so the head's size does not grow
+      with the image;
+    * the final layer zero-initialised: the first steps then do not start from a random
+      ranking of the classes, which noisy steps are slow to undo.
+
+    Works for any square input of side ≥ 8.
+    """
+
+    def __init__(self, num_classes: int, image_size: int, widths: tuple[int, ...] = (16, 32, 32, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [ImageStandardize()]
+        channels = 1
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [
+                StandardizedConv2d(channels, width, kernel_size=3, stride=stride, padding=1),
+                nn.GroupNorm(min(8, width // 4), width),
+                nn.ReLU(),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     # 32 groups is the GroupNorm paper's default (Wu & He, 2018); every ResNet-18 width
     # (64..512) divides by it.
@@ -98,6 +171,7 @@ def build_resnet18(num_classes: int, image_size: int) -> nn.Module:
 
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn": lambda num_classes, image_size: SmallCNN(num_classes, image_size),
+    "dpcnn": lambda num_classes, image_size: DPCNN(num_classes, image_size),
     "resnet18": build_resnet18,
 }
 

@@ -7,6 +7,7 @@ nothing here knows about pixels or aggregation.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,15 +35,40 @@ def executable(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+# Ports handed out for outgoing connections (Linux's default range; macOS and Windows use
+# 49152 and up). A port picked below them cannot be taken by a connection's local end.
+_EPHEMERAL_START = 32768
+_PICK_FROM = 20000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now. Only a guess: it can be taken before it is
+    bound, so whoever binds it must handle a clash (`fedmed.common.supervision`)."""
+    start = _ephemeral_start()
+    for _ in range(50):
+        port = random.randrange(_PICK_FROM, start) if start > _PICK_FROM + 100 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def split_address(address: str, flag: str) -> tuple[str, int]:
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_START
+
+
+def split_address(address: str, flag: str, allow_zero: bool = False) -> tuple[str, int]:
+    """HOST:PORT; port 0 ("pick a free one") only where `allow_zero`."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not (0 if allow_zero else 1) <= int(port) < 65536:
         raise ValueError(f"{flag} {address!r}: expected HOST:PORT, e.g. 127.0.0.1:9092")
     return host.strip("[]"), int(port)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import Enum
 
 FEDERATION_KEY = "federation"   # ConfigRecord field with FederationConfig as JSON
+FREEZE_KEY = "freeze"           # train ConfigRecord field: which weights sites train (common/freezing.py)
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 SITE_KEY = "site"               # ConfigRecord: {"name": ..., "status": ..., "reason": ...}

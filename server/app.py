@@ -11,12 +11,17 @@ In a deployment the SuperLink starts it in its own process with the run config k
   sites           enrolled sites, {node_id: name}, so replies are attributed to the
                   name a site was enrolled under
   join_timeout    seconds the run's first round waits for every enrolled site to connect
+  init_from       the starting model (`fedmed.common.starting_model`): {"path", "sha256",
+                  "source", "fresh"}; round 1 starts from it instead of random weights
+  freeze          which weights the sites train (`fedmed.common.freezing`), sent with
+                  every training message
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,8 +31,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmed.common.checkpoint import load_checkpoint
 from fedmed.common.federation import FederationConfig
+from fedmed.common.freezing import check_freeze, frozen_names
 from fedmed.common.models import build_model
-from fedmed.common.protocol import FEDERATION_KEY
+from fedmed.common.protocol import FEDERATION_KEY, FREEZE_KEY
+from fedmed.common.starting_model import load_starting_model
 from fedmed.server.audit import AuditLog
 from fedmed.server.enrollment import node_names
 from fedmed.server.fast_grid import FastGrid
@@ -44,6 +51,16 @@ def initial_arrays(config: FederationConfig) -> ArrayRecord:
     """The round-0 global model, the same for a given seed."""
     torch.manual_seed(config.seed)
     return ArrayRecord(build_model(config.model, len(config.classes), config.image.size).state_dict())
+
+
+def starting_arrays(config: FederationConfig, meta: dict[str, Any]) -> ArrayRecord:
+    """Round 1's global model: the run's `init_from` model when it has one (the file must
+    be the one checked when the run was started), else `initial_arrays`."""
+    init_from = meta.get("init_from")
+    if not init_from:
+        return initial_arrays(config)
+    start = load_starting_model(init_from["path"], config, expected_sha256=init_from.get("sha256"))
+    return ArrayRecord(start.state_dict)
 
 
 def resume_point(out_dir: Path, config: FederationConfig, server_round: int) -> tuple[ArrayRecord, dict]:
@@ -66,12 +83,17 @@ def run_federation(
     """Run all rounds on `grid`; return the status written to `status.json`."""
     meta = dict(meta or {})
     resume_from = int(meta.get("resume_from") or 0)
+    freeze = check_freeze(str(meta.get("freeze") or "none"))
     audit = AuditLog(out_dir)
     enrolled = meta.get("sites") if isinstance(meta.get("sites"), dict) else {}
+    limits = UpdateLimits.from_dict(meta.get("update_limits"))
+    if freeze != "none":
+        model = build_model(config.model, len(config.classes), config.image.size)
+        limits = replace(limits, frozen=tuple(frozen_names(model, freeze)))
     strategy = build_strategy(
         config,
         on_event=audit.record,
-        limits=UpdateLimits.from_dict(meta.get("update_limits")),
+        limits=limits,
         first_round=resume_from + 1,
         # A deployment enrolls {node_id: name}; a simulation's meta lists names only.
         node_names={int(k): str(v) for k, v in enrolled.items()},
@@ -86,9 +108,13 @@ def run_federation(
         strategy.load_state(state)
         recorder.last_arrays = arrays
     else:
-        arrays = initial_arrays(config)
+        try:
+            arrays = starting_arrays(config, meta)
+        except ValueError as exc:
+            recorder.finish("failed", str(exc))
+            return {"status": "failed", "reason": str(exc)}
     remaining = config.rounds - resume_from
-    record = ConfigRecord({FEDERATION_KEY: config.to_json()})
+    record = ConfigRecord({FEDERATION_KEY: config.to_json(), FREEZE_KEY: freeze})
     try:
         if remaining <= 0:
             recorder.finish("completed", final_arrays=arrays)

@@ -13,14 +13,18 @@ off the coordinator (syslog, WORM storage) where that matters.
 Events (field `event`):
   run-started        by (OS user), app_hash, run_id, resumed_from_round
   run-finished       status, reason, rounds_completed
-  run-stopped        by, reason            the coordinator was interrupted
+  run-stopped        by, reason            the coordinator was interrupted (Ctrl-C or SIGTERM)
   site-enrolled      site, key_sha256, node_id
   site-joined        site, node_id         seen by the ServerApp at a round's start
   site-left          site, node_id
   site-refused       peer, reason, ...     at the public port (TLS, enrolment, path)
   control-refused    peer, method, path    a Control/Runtime API call from outside
+  fleet-refused      site, node_id, call, reason, peer   a Fleet request of an enrolled
+                                           site the proxy refused (`server/fleet_guard.py`)
   round-completed    round, contributors, left_out
-  update-rejected    round, site, reason
+  round-failed       round, contributors, left_out (or reason)
+  update-rejected    round, site, reason   a bad update or example count
+  reply-rejected     round, site, stage, reason   an evaluation reply's example count
   site-declined      round, site, reason   e.g. the site refused the run's app
 """
 

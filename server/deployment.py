@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -34,13 +35,17 @@ from typing import Callable
 
 from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
-from fedmed.common.processes import executable, flower_env, free_port, split_address, start, stop, wait_for_port
+from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
+from fedmed.common.processes import executable, flower_env, split_address
+from fedmed.common.supervision import (Child, ChildExited, PortInUse, connectable_host, start_on_free_port,
+                                       start_on_port, stop_all)
 from fedmed.server import progress
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import RUN_CONFIG_KEY, write_app_dir
-from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_status,
-                                   write_json, write_run_report)
+from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_metrics,
+                                   read_status,
+                                   write_interrupted, write_json, write_run_report)
 from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
@@ -71,7 +76,14 @@ class ServerOptions:
     join_timeout: float = 120.0
     # Also log each round as TensorBoard scalars here (`tensorboard_log.py`).
     tensorboard: Path | None = None
+    # Start round 1 from this model file instead of random weights
+    # (`fedmed.common.starting_model`), and which weights the sites then train
+    # (`fedmed.common.freezing`).
+    init_from: Path | None = None
+    freeze: str = "none"
     startup_timeout: float = 60.0
+    # The public port's push-object body limit in bytes; None sizes it from the model.
+    max_request_bytes: int | None = None
     # The bundle to submit instead of fedmed's own. Not a command-line option: it exists
     # so tests can offer sites a modified app and watch them refuse it.
     app_dir: Path | None = None
@@ -119,9 +131,11 @@ def _audit_so_far(out_dir: Path) -> list[dict]:
         return []
 
 
-def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], deadline: float,
-            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None) -> dict:
-    """Print rows as metrics.jsonl grows, and a line for each audit event that changes
+def _follow(out_dir: Path, watched: list[Child], deadline: float,
+            emit: Callable[[str], None], on_record: Callable[[dict], None] | None = None,
+            classes: tuple[str, ...] = ()) -> dict:
+    """Print rows as metrics.jsonl grows (with a warning under a round whose model is
+    one-class, inverted or weak at a site), and a line for each audit event that changes
     who takes part (the ServerApp's own output does not reach this terminal); return
     status.json once the run has written it."""
     printed = 0
@@ -138,16 +152,17 @@ def _follow(out_dir: Path, watched: list[tuple[str, subprocess.Popen, Path]], de
             if line.strip():
                 record = json.loads(line)
                 emit(progress.row(record))
+                for warning in progress.warnings(record, classes):
+                    emit(warning)
                 if on_record is not None:
                     on_record(record)
         printed = len(lines)
         status = read_status(out_dir)
         if status is not None:
             return status
-        for name, process, log in watched:
-            if process.poll() is not None:
-                return {"status": "failed",
-                        "reason": f"the {name} exited with code {process.returncode}; see {log}"}
+        for child in watched:
+            if not child.running():
+                return {"status": "failed", "reason": str(ChildExited(child))}
         if time.monotonic() > deadline:
             return {"status": "failed", "reason": "the run did not finish in time "
                     "(rounds × round timeout); raise --round-timeout or check the sites"}
@@ -173,7 +188,9 @@ def _check_options(options: ServerOptions, host: str) -> None:
 
 
 def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
-    """The interrupted run's config, its last completed round and its Flower run ID."""
+    """The interrupted run's config, its last completed round and its Flower run ID.
+
+    What the run started from and froze (`init_from`, `freeze`) are read by `_transfer_meta`."""
     config_path = out_dir / CONFIG_FILE
     if not config_path.exists():
         raise DeploymentError(f"--resume {out_dir}: no {CONFIG_FILE}; point it at the run folder of "
@@ -185,9 +202,25 @@ def _resume_config(out_dir: Path) -> tuple[FederationConfig, int, str | None]:
     return config, done, (str(started[-1].get("run_id")) if started else None)
 
 
+def _transfer_meta(options: ServerOptions, config: FederationConfig, out_dir: Path) -> dict:
+    """config.json's `init_from` and `freeze`: checked now (a wrong model file is one line
+    before anything starts), or those of the interrupted run being resumed."""
+    if options.resume:
+        saved = json.loads((out_dir / CONFIG_FILE).read_text())
+        return {k: saved[k] for k in ("init_from", "freeze") if k in saved}
+    if options.init_from is None and options.freeze == "none":
+        return {}  # a random start: no model file to read, and no torch in the launcher
+    from fedmed.common.starting_model import transfer_meta
+
+    try:
+        return transfer_meta(options.init_from, options.freeze, config)
+    except ValueError as exc:
+        raise DeploymentError(str(exc)) from None
+
+
 def start_server(options: ServerOptions, emit: Callable[[str], None] = print) -> int:
     """Run a whole federation from this machine; 0 when it completed, 1 when it failed."""
-    host, port = split_address(options.address, "--address")
+    host, port = split_address(options.address, "--address", allow_zero=True)
     _check_options(options, host)
     board = None
     if options.tensorboard is not None:
@@ -209,7 +242,23 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
             return 0
     elif config is None:
         raise DeploymentError("no federation configuration given")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # The run folder holds every site's updates, checkpoints and the SuperLink's
+    # database: this account only (files 0600 through the umask, which the SuperLink,
+    # the proxy and the ServerApp inherit).
+    transfer = _transfer_meta(options, config, out_dir)
+    previous_umask = os.umask(0o077)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(out_dir, 0o700)
+        return _run(options, out_dir, config, resume_from, previous_run, material, keys, host, port, board, emit,
+                    transfer)
+    finally:
+        os.umask(previous_umask)
+
+
+def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume_from: int,
+         previous_run: str | None, material, keys, host: str, port: int, board,
+         emit: Callable[[str], None], transfer: dict) -> int:
     if not options.resume:
         # A fresh run in a used folder starts from a clean SuperLink and clean outputs.
         for stale in (METRICS_FILE, STATUS_FILE, SITES_FILE, "superlink.db"):
@@ -218,96 +267,128 @@ def start_server(options: ServerOptions, emit: Callable[[str], None] = print) ->
     (out_dir / STATUS_FILE).unlink(missing_ok=True)
     audit = AuditLog(out_dir)
 
-    if options.insecure:
-        link_host, link_port = host, port
-    else:
-        link_host, link_port = "127.0.0.1", free_port()
-    connect_host = "127.0.0.1" if link_host in ("0.0.0.0", "::") else link_host
-    home = _flwr_home(out_dir, f"{connect_host}:{link_port}", material.ca_cert if material else None)
+    home = out_dir / ".flwr"
     # The SuperLink's executor looks for the run's ServerApp task every second by default;
     # Flower lets this be set (0.01–60 s). It only asks the SuperLink on loopback.
     env = flower_env({"FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
-    logs = [open(out_dir / "superlink.log", "ab")]
-    cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
-           "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
-    if material is None:
-        cmd.append("--insecure")
-    else:
-        cmd += ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
-                "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
-    processes: list[tuple[str, subprocess.Popen, Path]] = []
+    superlink_log, proxy_log = out_dir / "superlink.log", out_dir / "proxy.log"
+
+    def superlink_cmd(link_host: str, link_port: int) -> list[str]:
+        cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
+               "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
+        if material is None:
+            return cmd + ["--insecure"]
+        return cmd + ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
+                      "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
+
+    children: list[Child] = []
     previous_handler = None
     if _is_main_thread():
         previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
     status: dict = {"status": "failed", "reason": "the coordinator was interrupted"}
     try:
-        processes.append(("SuperLink", start(cmd, logs[0], env), out_dir / "superlink.log"))
-        if not wait_for_port(connect_host, link_port, options.startup_timeout, processes[0][1]):
-            raise DeploymentError(f"the SuperLink did not start on {link_host}:{link_port} "
-                                  f"(port in use?); see {out_dir / 'superlink.log'}")
+        # The SuperLink serves the public address itself with --insecure; with TLS it
+        # listens on a loopback port of its own behind the proxy.
+        link_host = host if options.insecure else "127.0.0.1"
+        if options.insecure and port:
+            link_port = port
+            children.append(start_on_port("SuperLink", superlink_cmd(host, port), env, host, port, "--address",
+                                          timeout=options.startup_timeout, log=superlink_log))
+        else:
+            superlink, link_port = start_on_free_port(
+                "SuperLink", lambda p: superlink_cmd(link_host, p), env, host=link_host,
+                timeout=options.startup_timeout, log=superlink_log, on_retry=emit)
+            children.append(superlink)
+        if options.insecure:
+            port = link_port
+        _flwr_home(out_dir, f"{connectable_host(link_host)}:{link_port}", material.ca_cert if material else None)
         # Enrol before the public port opens: a site that connects before its key is
         # registered is refused and gives up.
         sites = enroll(keys, out_dir, home, CONNECTION, audit) if keys else {}
         if material is not None:
-            logs.append(open(out_dir / "proxy.log", "ab"))
-            proxy_cmd = [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{port}",
-                         "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
-                         "--run-dir", str(out_dir)]
-            processes.append(("public-port proxy", start(proxy_cmd, logs[1], env), out_dir / "proxy.log"))
-            if not wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
-                                 options.startup_timeout, processes[1][1]):
-                raise DeploymentError(f"--address {options.address}: could not listen there (port in "
-                                      f"use?); see {out_dir / 'proxy.log'}")
+            def proxy_cmd(public_port: int) -> list[str]:
+                return [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{public_port}",
+                        "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
+                        "--run-dir", str(out_dir), "--max-body",
+                        str(options.max_request_bytes or _request_limit(config))]
+
+            if port:
+                children.append(start_on_port("public-port proxy", proxy_cmd(port), env, host, port, "--address",
+                                              timeout=options.startup_timeout, log=proxy_log))
+            else:
+                proxy, port = start_on_free_port("public-port proxy", proxy_cmd, env, host=host,
+                                                 timeout=options.startup_timeout, log=proxy_log, on_retry=emit)
+                children.append(proxy)
         if previous_run:
             # The interrupted run is still "running" in the SuperLink's database; stop it so
             # sites do not train for a ServerApp that no longer exists.
             _flwr(["stop", previous_run, CONNECTION], home, timeout=60)
         write_json(out_dir / CONFIG_FILE, {
-            "federation": config.to_dict(), "mode": "deployment", "address": options.address,
+            "federation": config.to_dict(), "mode": "deployment", "address": f"{host}:{port}",
             "insecure": options.insecure, "update_limits": options.update_limits.to_dict(),
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
-            "join_timeout": options.join_timeout,
+            "join_timeout": options.join_timeout, **transfer,
         })
         app_dir = options.app_dir or write_app_dir(out_dir / ".app")
         app_hash = _app_hash(app_dir)
         run_id = _submit(out_dir, home, app_dir)
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
-                     address=options.address, tls=not options.insecure, sites=sorted(sites.values()),
+                     address=f"{host}:{port}", tls=not options.insecure, sites=sorted(sites.values()),
                      rounds=config.rounds, resumed_after_round=resume_from or None)
         emit(f"fedmed coordinator on {host}:{port}{'' if options.insecure else ' (TLS, enrolled sites only)'}, "
              f"run {run_id}: waiting for {config.min_sites} site(s); outputs in {out_dir}")
         if resume_from:
             emit(f"resuming after round {resume_from} of {config.rounds}")
+        elif transfer.get("init_from"):
+            from fedmed.common.starting_model import describe_transfer
+
+            emit(describe_transfer(transfer))
         emit(progress.header())
         remaining = config.rounds - resume_from
         deadline = time.monotonic() + options.startup_timeout + remaining * config.round_timeout * 2
-        status = _follow(out_dir, processes, deadline, emit, on_record=board.round if board else None)
-    except (_Stopped, KeyboardInterrupt):
-        audit.record("run-stopped", by=current_user(), reason="the coordinator was interrupted")
-        status = {"status": "stopped"}
-    except EnrollmentError as exc:
+        status = _follow(out_dir, children, deadline, emit, on_record=board.round if board else None,
+                         classes=config.classes)
+    except (_Stopped, KeyboardInterrupt) as exc:
+        how = "SIGTERM" if isinstance(exc, _Stopped) else "Ctrl-C"
+        audit.record("run-stopped", by=current_user(), reason=f"the coordinator was interrupted ({how})")
+        status = {"status": "stopped", "how": how}
+    except (EnrollmentError, ChildExited, PortInUse, TimeoutError) as exc:
         raise DeploymentError(str(exc)) from None
     finally:
-        for _, process, _ in reversed(processes):
-            stop(process)
-        for log in logs:
-            log.close()
+        with signals_held():
+            stop_all(children)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if board is not None:
             board.close()
     if status["status"] == "stopped":
-        emit(f"stopped; continue later with `fedmed server start --resume {out_dir}`")
-        return 130
+        # After the children are stopped, so the ServerApp cannot overwrite it.
+        done = write_interrupted(out_dir, status["how"])["rounds_completed"]
+        emit(f"interrupted by {status['how']} after {done} of {config.rounds} round(s); continue later "
+             f"with `fedmed server start --resume {out_dir}`")
+        return EXIT_INTERRUPTED
     audit.record("run-finished", status=status["status"], reason=status.get("reason", ""),
                  rounds_completed=status.get("rounds_completed"))
     emit(write_run_report(out_dir))
     if status["status"] == "completed":
-        emit(f"run completed: {status.get('rounds_completed', config.rounds)} rounds; "
-             f"final model {out_dir / 'model-final.pt'}")
+        rows = read_metrics(out_dir)
+        words = progress.final_words(rows[-1] if rows else None, config.classes)
+        if words:
+            emit(words)
+        emit(f"run completed{' with warnings' if words else ''}: "
+             f"{status.get('rounds_completed', config.rounds)} rounds; final model {out_dir / 'model-final.pt'}")
         return 0
     emit(f"run failed: {status.get('reason', 'unknown reason')}")
     return 1
+
+
+def _request_limit(config: FederationConfig) -> int:
+    """The proxy's push-object limit for this run's model (its largest tensor, chunked)."""
+    from fedmed.common.models import build_model
+    from fedmed.server.proxy import request_limit
+
+    model = build_model(config.model, len(config.classes), config.image.size)
+    return request_limit(max(t.numel() * t.element_size() for t in model.state_dict().values()))
 
 
 def _is_main_thread() -> bool:

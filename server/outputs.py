@@ -3,8 +3,10 @@
 RUN_DIR/
   config.json           the federation's configuration and how the run was started
   metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
-  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state)
-  model-final.pt        the final global model
+  checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state,
+                        + the round's operating threshold when its metrics row has one)
+  model-final.pt        the final global model, with the last round's operating threshold
+                        (`fedmed.common.operating_point`; arg-max when there is none)
   status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
   audit.jsonl           who started and stopped the run, sites joined/left/refused, who
                         contributed to each round, rejected updates (`server/audit.py`)
@@ -21,6 +23,8 @@ import json
 import math
 import os
 import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +32,8 @@ from flwr.app import ArrayRecord
 
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
-from fedmed.common.metrics import METRIC_NAMES, aggregate_sites
+from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, evaluation_round
+from fedmed.common.operating_point import ARGMAX_RULE, SITES_RULE, threshold_from_round
 from fedmed.server.strategy.fedavg import SiteReply
 
 CONFIG_FILE = "config.json"
@@ -43,7 +48,20 @@ def _clean(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    try:
+        return version("fedmed")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -74,6 +92,20 @@ def write_run_report(run_dir: Path) -> str:
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / STATUS_FILE
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_interrupted(run_dir: Path, how: str) -> dict[str, Any]:
+    """Record in status.json that the run was stopped by the operator (`how`: Ctrl-C,
+    SIGTERM) after its last completed round; returns what was written."""
+    run_dir = Path(run_dir)
+    try:
+        planned = json.loads((run_dir / CONFIG_FILE).read_text())["federation"]["rounds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = None
+    status = {"status": "interrupted", "reason": f"stopped by {how}",
+              "rounds_completed": last_completed_round(run_dir), "rounds_planned": planned}
+    write_json(run_dir / STATUS_FILE, status)
+    return status
 
 
 def privacy_summary(sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -109,7 +141,9 @@ class RunRecorder:
         self.checkpoint_extra = checkpoint_extra
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "checkpoints").mkdir(exist_ok=True)
-        write_json(self.out_dir / CONFIG_FILE, {"federation": config.to_dict(), **(meta or {})})
+        # When and with which fedmed the run was started, for the report.
+        write_json(self.out_dir / CONFIG_FILE, {"federation": config.to_dict(), "started_at": _now(),
+                                                "fedmed_version": _version(), **(meta or {})})
         (self.out_dir / STATUS_FILE).unlink(missing_ok=True)
         if resume_after:
             kept = [r for r in read_metrics(self.out_dir) if r["round"] <= resume_after]
@@ -121,6 +155,11 @@ class RunRecorder:
         self._round_started = time.perf_counter()
         self.last_arrays: ArrayRecord | None = None
         self.rounds_done = resume_after
+        # The round whose checkpoint was written last, with its weights and extras: its
+        # operating threshold is known only once the round's evaluation is in.
+        self._checkpointed: tuple[int, ArrayRecord, dict[str, Any]] | None = None
+        kept = read_metrics(self.out_dir) if resume_after else []
+        self.last_threshold = threshold_from_round(kept[-1]) if kept and len(config.classes) == 2 else None
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.out_dir / "checkpoints" / f"round-{server_round:03d}{EXTENSION}"
@@ -129,9 +168,10 @@ class RunRecorder:
         self._train[server_round] = replies
         if arrays is not None:
             self.last_arrays = arrays
-            extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else None
+            extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else {}
             save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
                             self.config, server_round, extra)
+            self._checkpointed = (server_round, arrays, extra)
 
     def round_record(self, server_round: int, evaluated: list[SiteReply]) -> dict[str, Any]:
         """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round."""
@@ -141,7 +181,7 @@ class RunRecorder:
             entry["status"] = reply.status
             if reply.reason:
                 entry["reason"] = reply.reason
-            for key in ("train_loss", "train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
+            for key in ("train_seconds", "epsilon", "noise_multiplier", "delta", "steps"):
                 if key in reply.metrics:
                     entry[key] = float(reply.metrics[key])
             if "num-examples" in reply.metrics:
@@ -154,20 +194,48 @@ class RunRecorder:
                 entry.setdefault("eval_status", reply.status)
                 continue
             entry["num_examples"] = int(reply.metrics.get("num-examples", 0))
-            for name in (*METRIC_NAMES, "eval_seconds"):
+            for name in (*METRIC_NAMES, "balanced_accuracy", "eval_seconds"):
                 if name in reply.metrics:
                     entry[name] = float(reply.metrics[name])
+            for name in ("confusion", "roc"):
+                if name in reply.metrics:
+                    entry[name] = reply.metrics[name]
+            if "dp_metrics" in reply.metrics:
+                entry["dp_metrics"] = bool(reply.metrics["dp_metrics"])
+            if "epsilon" in reply.metrics:  # the release's row comes after the round's training
+                entry["epsilon"] = max(float(reply.metrics["epsilon"]), entry.get("epsilon", 0.0))
         evaluated_sites = {k: v for k, v in sites.items() if "num_examples" in v}
+        aggregate = aggregate_sites(evaluated_sites)
+        _, pooled = evaluation_round({r.site: r.metrics for r in evaluated if r.status == "ok"})
+        if pooled is not None:
+            aggregate.update({name: pooled[name] for name in (
+                "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "confusion", "roc",
+                "threshold")})
         return {
             "round": server_round,
             "sites": dict(sorted(sites.items())),
-            "aggregate": aggregate_sites(evaluated_sites),
+            "aggregate": aggregate,
             "privacy": privacy_summary(sites),
             "seconds": time.perf_counter() - self._round_started,
         }
 
+    @staticmethod
+    def threshold_extra(threshold: float | None, server_round: int) -> dict[str, Any]:
+        """The checkpoint keys saying how the model turns probabilities into a decision."""
+        if threshold is None:
+            return {"threshold_rule": ARGMAX_RULE}
+        return {"threshold": threshold, "threshold_rule": f"{SITES_RULE}, round {server_round}"}
+
     def on_evaluate(self, server_round: int, replies: list[SiteReply], _arrays: ArrayRecord | None) -> None:
         record = _clean(self.round_record(server_round, replies))
+        # A cut-off on P(class 1) means something for two classes only.
+        self.last_threshold = threshold_from_round(record) if len(self.config.classes) == 2 else None
+        if self.last_threshold is not None and self._checkpointed and self._checkpointed[0] == server_round:
+            # Before the metrics row: a round is complete only with both, and then its
+            # checkpoint already carries the threshold its evaluation chose.
+            _, arrays, extra = self._checkpointed
+            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(), self.config,
+                            server_round, {**extra, **self.threshold_extra(self.last_threshold, server_round)})
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         self.rounds_done = server_round
@@ -179,8 +247,9 @@ class RunRecorder:
         arrays = final_arrays or self.last_arrays
         if arrays is not None:
             save_checkpoint(self.out_dir / FINAL_MODEL, arrays.to_torch_state_dict(),
-                            self.config, self.rounds_done)
+                            self.config, self.rounds_done,
+                            self.threshold_extra(self.last_threshold, self.rounds_done))
         write_json(self.out_dir / STATUS_FILE, {
             "status": status, "reason": reason, "rounds_completed": self.rounds_done,
-            "rounds_planned": self.config.rounds,
+            "rounds_planned": self.config.rounds, "finished_at": _now(),
         })

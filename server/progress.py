@@ -7,10 +7,12 @@ terminal, a CI log and a redirected file.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from fedmed.common.model_health import balanced_accuracy, describe
 
 COLUMNS = (
-    ("round", 5), ("sites", 5), ("loss", 7), ("acc", 6), ("auc", 6),
+    ("round", 5), ("sites", 5), ("loss", 7), ("acc", 6), ("bal acc", 7), ("auc", 6),
     ("sens", 6), ("spec", 6), ("worst acc", 9), ("max eps", 8), ("secs", 6),
 )
 
@@ -39,12 +41,31 @@ def row(record: Mapping[str, Any]) -> str:
         eps = f"{eps:.2f}*"  # some sites trained without DP
     cells = [
         record.get("round"), f"{trained}/{len(sites)}", agg.get("loss"), agg.get("accuracy"),
-        agg.get("auc"), agg.get("sensitivity"), agg.get("specificity"),
+        balanced_accuracy(agg), agg.get("auc"), agg.get("sensitivity"), agg.get("specificity"),
         agg.get("worst_site_accuracy"), eps,
         record.get("seconds"),
     ]
     return "  ".join(_fmt(v, w, 1 if name in ("secs",) else 2 if name == "max eps" else 3)
                      for v, (name, w) in zip(cells, COLUMNS))
+
+
+def warnings(record: Mapping[str, Any], classes: Sequence[str] = ()) -> list[str]:
+    """Lines under a round's row when its model is one-class, inverted or weak at a site
+    (`fedmed.common.model_health`); none when all is well."""
+    return [f"  ! round {record.get('round')}: {line}" for line in describe(record, classes)]
+
+
+def final_words(record: Mapping[str, Any] | None, classes: Sequence[str] = ()) -> str | None:
+    """What the end of a run must say instead of a bare "completed" when its last round's
+    model is not usable as it is; None when nothing was flagged."""
+    if not record:
+        return None
+    lines = describe(record, classes)
+    if not lines:
+        return None
+    return (f"warning: the final model (round {record.get('round')}) " + "; ".join(lines)
+            + ". Check it with `fedmed evaluate` before any use; what helps: more images per site, "
+            "a larger privacy budget, a pretrained start (--init-from).")
 
 
 # Audit events that change who takes part, as the operator reads them.
@@ -55,6 +76,8 @@ NOTICES = {
     "site-left": "  - site {site} left (round {round})",
     "site-name-mismatch": "  ! site {site} replied under the name {claimed!r}; recorded as {site}",
     "site-refused": "  ! a connection was refused at the public port ({reason})",
+    "fleet-refused": "  ! site {site}: {call} refused at the public port ({reason})",
+    "reply-rejected": "  ! round {round}: {stage} reply from site {site} rejected ({reason}); left out of this round",
 }
 
 

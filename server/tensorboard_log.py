@@ -5,7 +5,7 @@ nothing the run folder does not: aggregate and per-site metrics, each site's cum
 ε, who trained. Tags:
 
   aggregate/<metric>        loss, accuracy, auc, sensitivity, specificity, worst_site_*
-  site/<metric>/<site>      loss, accuracy, auc, train_loss: TensorBoard draws a
+  site/<metric>/<site>      loss, accuracy, auc, balanced_accuracy: TensorBoard draws a
                             metric's sites in one chart
   privacy/epsilon/<site>    the site's cumulative ε after the round (DP sites only)
   participation/trained     sites whose update entered the round's average
@@ -24,7 +24,7 @@ from fedmed.server.outputs import read_metrics
 
 AGGREGATE = ("loss", "accuracy", "auc", "sensitivity", "specificity",
              "worst_site_accuracy", "worst_site_auc")
-PER_SITE = ("loss", "accuracy", "auc", "train_loss")
+PER_SITE = ("loss", "accuracy", "auc", "balanced_accuracy")
 
 
 def _number(value: Any) -> bool:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fedmed.client.app import make_client_app
 from fedmed.client.site import Site
+from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.common.federation import FederationConfig
 from fedmed.server.app import make_server_app
-from fedmed.server.outputs import read_status, write_run_report
+from fedmed.common.interrupts import stop_at_once
+from fedmed.server.outputs import read_status, write_interrupted, write_run_report
 
 
 @contextmanager
@@ -35,6 +37,31 @@ def _quiet_flower(verbose: bool) -> Iterator[None]:
             yield
         finally:
             logger.setLevel(level)
+
+
+@contextmanager
+def _sites_locked(sites: list[Site]) -> Iterator[None]:
+    """Each simulated site holds its state folder as `fedmed client` does: two runs on the
+    same folders would spend the same privacy budget twice."""
+    with ExitStack() as stack:
+        for site in sites:
+            Path(site.state_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(state_lock(Path(site.state_dir)))
+            except StateLocked as exc:
+                raise ValueError(str(exc)) from None
+        yield
+
+
+def _record_stop(out_dir: Path, planned: int) -> Callable[[str], str]:
+    """What Ctrl-C/SIGTERM leaves behind: status.json `interrupted`, and one line."""
+    def on_stop(how: str) -> str:
+        if not (out_dir / "config.json").exists():
+            return f"interrupted by {how} before the first round; nothing to keep"
+        done = write_interrupted(out_dir, how)["rounds_completed"]
+        return (f"interrupted by {how} after {done} of {planned} round(s); "
+                f"{out_dir / 'status.json'} says so, checkpoints are in {out_dir / 'checkpoints'}")
+    return on_stop
 
 
 def _gpus_per_site(num_sites: int) -> float:
@@ -61,6 +88,10 @@ def simulate(
         raise ValueError(f"min sites: the federation needs {config.min_sites} sites, "
                          f"the simulation has {len(sites)}")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from fedmed.client.privacy.round import key_simulated_site
+
+    for site in sites:  # reproducible DP randomness: one person holds every simulated site
+        key_simulated_site(site.state_dir, config.seed, site.name)
     by_partition = dict(enumerate(sites))
 
     def resolve(context) -> Site:
@@ -76,7 +107,7 @@ def simulate(
         "client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus},
         "init_args": init_args,
     }
-    with _quiet_flower(verbose):
+    with _quiet_flower(verbose), _sites_locked(sites), stop_at_once(_record_stop(Path(out_dir), config.rounds)):
         run_simulation(
             server_app=make_server_app(config, Path(out_dir), meta, on_round),
             client_app=make_client_app(resolve),

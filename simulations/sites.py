@@ -14,6 +14,10 @@ from fedmed.simulations.partition import partition_indices
 
 def dicom_sites(data_root: Path, state_root: Path, privacy: PrivacyPolicy = PrivacyPolicy()) -> list[Site]:
     """One site per sub-folder of `data_root` (as `fedmed data synth` writes them)."""
+    return [dicom_site(p.name, p, Path(state_root) / p.name, privacy) for p in _site_folders(data_root)]
+
+
+def _site_folders(data_root: Path) -> list[Path]:
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise ValueError(f"--data {data_root}: expected a folder with one sub-folder per site")
@@ -21,7 +25,25 @@ def dicom_sites(data_root: Path, state_root: Path, privacy: PrivacyPolicy = Priv
     if not folders:
         raise ValueError(f"--data {data_root}: no site sub-folders found; "
                          "write some with `fedmed data synth --out DIR`")
-    return [dicom_site(p.name, p, Path(state_root) / p.name, privacy) for p in folders]
+    return folders
+
+
+def check_dicom_sites(data_root: Path, classes: tuple[str, ...]) -> None:
+    """Check each DICOM site's folder before the run (`fedmed data check`'s header-only
+    part): a site that cannot train is a ValueError naming the site, its folder and the
+    fix, instead of a `train-error` from every site at round 1."""
+    from fedmed.client.datacheck import preflight
+
+    problems = []
+    for folder in _site_folders(data_root):
+        found = preflight(folder, classes)
+        if found.problems:
+            problems.append(f"site {folder.name}: {found.problems[0]}")
+        elif not found.files:
+            problems.append(f"site {folder.name}: {folder}: no usable labelled image; "
+                            f"run `fedmed data check {folder}`")
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def _npz_site_loader(npz_path: Path, train_idx: np.ndarray, val_idx: np.ndarray):

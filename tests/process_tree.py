@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -67,3 +68,34 @@ def wait_for(predicate, timeout: float, every: float = 0.5) -> bool:
             return True
         time.sleep(every)
     return False
+
+
+_SERVING = re.compile(r"fedmed coordinator on \S+:(\d+)")
+_CLASH = "already in use"
+
+
+def start_coordinator(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 180,
+                      attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """Start `fedmed server start` and wait until it serves; return it and its public port.
+
+    Give it `--address 127.0.0.1:0`: it picks a free port itself and retries a clash. A
+    fixed port (a resumed coordinator must keep its address) that something held at that
+    moment is retried a few times; any other failure is an assertion with the log."""
+    for _ in range(attempts):
+        offset = log.stat().st_size if log.exists() else 0
+        process = start(cmd, log, env)
+
+        def output() -> str:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+
+        if not wait_for(lambda: _SERVING.search(output()) or process.poll() is not None, timeout):
+            stop(process)
+            raise AssertionError(f"the coordinator did not start serving in {timeout:g} s:\n{output()}")
+        if (match := _SERVING.search(output())) is not None:
+            return process, int(match.group(1))
+        if _CLASH not in output():
+            raise AssertionError(f"the coordinator exited with code {process.returncode}:\n{output()}")
+        time.sleep(1)
+    raise AssertionError(f"the coordinator's port stayed in use:\n{output()}")

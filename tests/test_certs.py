@@ -69,3 +69,12 @@ def test_site_material_explains_what_is_missing(tmp_path):
         site_material(tmp_path / "site", "A")
     with pytest.raises(CertError, match="server.crt missing"):
         server_material(tmp_path / "site")
+
+
+@pytest.mark.parametrize("key", ["server.key", "ca.key"])
+def test_the_coordinator_refuses_keys_others_can_read(tmp_path, key):
+    init_federation(tmp_path / "certs", "localhost")
+    server_material(tmp_path / "certs")
+    (tmp_path / "certs" / key).chmod(0o644)
+    with pytest.raises(CertError, match=f"{key} is readable by other users; run `chmod 600"):
+        server_material(tmp_path / "certs")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import RLELossless
 from typer.testing import CliRunner
 
 from fedmed.cli.main import app
@@ -158,5 +159,140 @@ def test_malformed_labels_and_no_images_cannot_train(tmp_path: Path):
 def test_missing_folder_is_a_usage_error(tmp_path: Path):
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
-    with pytest.raises(ValueError, match="expected a site folder"):
+    assert "nowhere: no such folder" in result.output
+    with pytest.raises(ValueError, match="no such folder"):
         check_site(tmp_path / "nowhere", CLASSES)
+    (tmp_path / "file.dcm").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a folder"):
+        check_site(tmp_path / "file.dcm", CLASSES)
+
+
+# --- an export before labelling, a folder of sites, label values, I/O problems --------
+
+
+def _unlabelled_export(root: Path) -> None:
+    for k, patient in enumerate(["U1", "U1", "U2", "U3"]):
+        write_ct(root / patient / f"{k}.dcm", _pixels(k), patient_id=patient)
+    write_ct(root / "U3" / "rle.dcm", _pixels(4), patient_id="U3", compress=RLELossless)
+    write_random_bytes(root / "notes.txt")
+
+
+def test_unlabelled_export_is_inventoried_with_one_problem(tmp_path: Path):
+    root = tmp_path / "export"
+    _unlabelled_export(root)
+    seen = []
+    report = check_site(root, CLASSES, progress=lambda done, total, what: seen.append((what, done, total)))
+    d = report.to_dict()
+    assert d["labels_found"] is False
+    assert d["files"]["found"] == 6 and d["files"]["decodable"] == 5
+    assert d["skipped"] == {"not a DICOM file": 1}
+    assert d["patients"] == 3
+    assert d["modalities"] == {"CT": 5}
+    assert d["transfer_syntaxes"] == {"Explicit VR Little Endian": 4, "RLE Lossless": 1}
+    assert d["image_sizes"] == {"24x20": 5}
+    assert d["frames_per_file"] == {"1": 5}
+    assert len(d["problems"]) == 1 and "no labels yet" in d["problems"][0]
+    assert ("decoding images", 6, 6) in seen
+    result = CliRunner().invoke(app, ["data", "check", str(root)])
+    assert result.exit_code == 1
+    assert "decodable images (no labels yet)" in result.output and "no labels yet" in result.output
+
+
+def test_folder_of_sites_is_named(tmp_path: Path):
+    root = tmp_path / "sites"
+    for site_name in ("A", "B"):
+        written = [write_ct(root / site_name / f"{k}.dcm", _pixels(k), patient_id=f"{site_name}{k}",
+                            label=["normal", "abnormal"][k % 2]) for k in range(3)]
+        write_labels_csv(root / site_name, written)
+    d = check_site(root, CLASSES).to_dict()
+    assert d["site_folders"] == ["A", "B"]
+    assert d["files"]["found"] == 6 and d["files"]["decodable"] == 6  # labels.csv files are not images
+    assert len(d["problems"]) == 1 and "holds 2 site folder(s) (A, B)" in d["problems"][0]
+    assert f"fedmed data check {root / 'A'}" in d["problems"][0]
+
+
+def test_label_values_found_and_classes_suggested(tmp_path: Path):
+    root = tmp_path / "site"
+    written = [write_ct(root / f"{k}.dcm", _pixels(k), patient_id=f"L{k}", label=["healthy", "sick"][k % 2])
+               for k in range(4)]
+    write_labels_csv(root, written)
+    report = check_site(root, CLASSES)
+    assert report.label_values == {"healthy": 2, "sick": 2}
+    assert not report.can_train
+    assert "'healthy' (2), 'sick' (2)" in report.problems[0]
+    assert "pass --classes healthy,sick" in report.problems[0]
+    assert check_site(root, ("healthy", "sick")).can_train
+
+
+def test_unreadable_sub_folder_is_one_line_naming_it(tmp_path: Path, monkeypatch):
+    root = tmp_path / "site"
+    for k in range(4):
+        write_ct(root / ["normal", "abnormal"][k % 2] / f"{k}.dcm", _pixels(k), patient_id=f"V{k}")
+    write_ct(root / "normal" / "locked" / "x.dcm", _pixels(9), patient_id="V9")
+    import fedmed.client.sitedata.scan as scan_module
+
+    real_walk = scan_module.os.walk
+
+    def walk(top, onerror=None, **kwargs):
+        # As os.walk does for a folder it may not list (root can read any folder, so the
+        # refusal is staged here).
+        for dirpath, dirnames, filenames in real_walk(top, onerror=onerror, **kwargs):
+            if "locked" in dirnames:
+                dirnames.remove("locked")
+                onerror(PermissionError(13, "Permission denied", str(Path(dirpath) / "locked")))
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr(scan_module.os, "walk", walk)
+    report = check_site(root, CLASSES)
+    assert not report.can_train
+    assert report.problems == [f"{root / 'normal' / 'locked'}: folder cannot be read (permission denied): "
+                               "its files are left out; let this user read it"]
+
+
+def test_labels_csv_io_and_encodings_are_one_line(tmp_path: Path, monkeypatch):
+    root = tmp_path / "site"
+    written = [write_ct(root / f"{k}.dcm", _pixels(k), patient_id=f"E{k}", label=["normal", "abnormal"][k % 2])
+               for k in range(4)]
+    lines = "SOPInstanceUID,label\n" + "".join(f"{w.sop_uid},{w.label}\n" for w in written)
+    labels = root / "labels.csv"
+    # UTF-16 with its byte-order mark (a spreadsheet's "Unicode text") reads as UTF-8 does.
+    labels.write_bytes(lines.encode("utf-16"))
+    assert check_site(root, CLASSES).can_train
+    # Latin-1 is refused in one line naming the file and the fix.
+    labels.write_bytes((lines + f"{written[0].sop_uid},anormal\u00e9\n").encode("latin-1"))
+    report = check_site(root, CLASSES)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"{labels}: not UTF-8 text (byte 0xe9 at offset ")
+    assert report.problems[0].endswith('save it as UTF-8 ("CSV UTF-8" in a spreadsheet)')
+    labels.write_text(lines)
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "labels.csv":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    result = CliRunner().invoke(app, ["data", "check", str(root), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["problems"] == [
+        f"{labels}: cannot be read (permission denied); let this user read it"]
+
+
+def test_client_start_and_simulate_stop_on_wrong_labels(tmp_path: Path):
+    from fedmed.client.supernode import ClientOptions, ClientSetupError, preflight
+    from fedmed.simulations.sites import check_dicom_sites
+
+    root = tmp_path / "data"
+    for site_name in ("A", "B"):
+        written = [write_ct(root / site_name / f"{k}.dcm", _pixels(k), patient_id=f"{site_name}{k}",
+                            label=["healthy", "sick"][k % 2]) for k in range(4)]
+        write_labels_csv(root / site_name, written)
+    with pytest.raises(ClientSetupError, match="pass --classes healthy,sick"):
+        preflight(ClientOptions(site="A", data_dir=root / "A", server="127.0.0.1:9092"), CLASSES)
+    assert "4 labelled image(s) ready" in preflight(
+        ClientOptions(site="A", data_dir=root / "A", server="127.0.0.1:9092"), ("healthy", "sick"))
+    with pytest.raises(ValueError, match=r"site A: labels in .*pass --classes healthy,sick") as info:
+        check_dicom_sites(root, CLASSES)
+    assert "site B:" in str(info.value)
+    check_dicom_sites(root, ("healthy", "sick"))

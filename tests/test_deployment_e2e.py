@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.common.processes import free_port
-from process_tree import start, stop  # noqa: E402 — tests/ is on sys.path under pytest
+from process_tree import start, start_coordinator, stop  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
 
 def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_path: Path, fedmed_cmd):
-    port = free_port()
     run_dir = tmp_path / "run"
-    server = start(fedmed_cmd + [
-        "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
+    # Port 0: the coordinator picks a free port itself (retrying a clash) and prints it.
+    server, port = start_coordinator(fedmed_cmd + [
+        "server", "start", "--insecure", "--address", "127.0.0.1:0",
         "--rounds", "2", "--min-sites", "3", "--out", str(run_dir),
         "--image-size", "32", "--batch-size", "16", "--round-timeout", "300",
         "--tensorboard", str(tmp_path / "tb"),
@@ -38,6 +37,7 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
         stop(server, *clients)
     server_out = (tmp_path / "server.log").read_text()
     assert code == 0, server_out + (run_dir / "superlink.log").read_text()[-3000:]
+    assert "site A joined" in server_out and "node-" not in server_out  # names, not node IDs
 
     assert (run_dir / "checkpoints" / "round-001.pt").exists()
     assert (run_dir / "checkpoints" / "round-002.pt").exists()

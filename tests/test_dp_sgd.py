@@ -20,7 +20,7 @@ from fedmed.client.privacy.dp_sgd import (
 from fedmed.common.models import MODEL_NAMES, build_model
 
 # Small inputs keep every test step cheap; both models accept any square side ≥ 4.
-SMALL_SIDE = {"cnn": 16, "resnet18": 8}
+SMALL_SIDE = {"cnn": 16, "dpcnn": 8, "resnet18": 8}
 
 
 @pytest.fixture(autouse=True)

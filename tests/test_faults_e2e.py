@@ -26,9 +26,8 @@ from pathlib import Path
 import pytest
 
 from fedmed.common.certs import init_federation, make_site_keys
-from fedmed.common.processes import free_port
 from fedmed.server.audit import read_audit, verify_chain
-from process_tree import kill_tree, start, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from process_tree import kill_tree, start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -47,12 +46,14 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
     for site in ("A", "B", "C", "D"):
         make_site_keys(site, tmp_path / f"certs-{site}", co / "ca.crt")
         shutil.copy(tmp_path / f"certs-{site}" / f"{site}.pub", keys)
-    port = free_port()
     run_dir = tmp_path / "run"
-    secure = ["--certs", str(co), "--sites-dir", str(keys), "--address", f"127.0.0.1:{port}"]
-    server = start(fedmed_cmd + ["server", "start", *secure, "--out", str(run_dir), "--rounds", "3",
-                                 "--min-sites", "2", "--round-timeout", "60", "--image-size", "32",
-                                 "--batch-size", "16"], tmp_path / "server.log")
+    secure = ["--certs", str(co), "--sites-dir", str(keys)]
+    # Port 0: the coordinator picks its port itself (and retries a clash); the sites are
+    # started once it says where it is.
+    server, port = start_coordinator(fedmed_cmd + [
+        "server", "start", *secure, "--address", "127.0.0.1:0", "--out", str(run_dir), "--rounds", "3",
+        "--min-sites", "2", "--round-timeout", "60", "--image-size", "32", "--batch-size", "16"],
+        tmp_path / "server.log")
 
     def client(site: str, log: str, data: str | None = None, env: dict | None = None) -> subprocess.Popen:
         return start(fedmed_cmd + [
@@ -79,8 +80,9 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
         assert wait_for(lambda: len(_rounds(run_dir)) >= 2, 300), (tmp_path / "server.log").read_text()
         kill_tree(server)
         assert [r["round"] for r in _rounds(run_dir)] == [1, 2]
-        resumed = start(fedmed_cmd + ["server", "start", *secure, "--resume", str(run_dir)],
-                        tmp_path / "server-resumed.log")
+        resumed, _ = start_coordinator(fedmed_cmd + ["server", "start", *secure, "--address",
+                                                     f"127.0.0.1:{port}", "--resume", str(run_dir)],
+                                       tmp_path / "server-resumed.log")
         code = resumed.wait(timeout=300)
     finally:
         stop(server, resumed, *sites.values())

@@ -52,3 +52,48 @@ def test_aggregate_is_example_weighted_and_skips_undefined():
     assert agg["auc"] == pytest.approx(0.95)
     assert agg["worst_site_accuracy"] == 0.5
     assert agg["num_examples"] == 40
+
+
+# ----------------------------------------------------------------------------- histograms
+def test_histogram_metrics_equal_those_of_the_binned_scores():
+    from fedmed.common.metrics import (HIST_BINS, binary_auc, classification_metrics, histogram_metrics,
+                                       score_histograms)
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=300)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    hist = score_histograms(scores, labels)
+    assert hist.shape == (2, HIST_BINS) and hist.sum() == 300 and hist[1].sum() == labels.sum()
+    binned = (np.minimum((scores * HIST_BINS).astype(int), HIST_BINS - 1) + 0.5) / HIST_BINS
+    derived = histogram_metrics(hist, 0.5)
+    exact = classification_metrics(np.stack([1 - binned, binned], axis=1), labels, 0.0)
+    assert derived["auc"] == pytest.approx(binary_auc(binned, labels == 1))
+    for name in ("accuracy", "sensitivity", "specificity"):
+        assert derived[name] == pytest.approx(exact[name])
+    (tn, fp), (fn, tp) = derived["confusion"]
+    assert tn + fp == (labels == 0).sum() and fn + tp == (labels == 1).sum()
+    assert derived["roc"]["fpr"][0] == 0 and derived["roc"]["tpr"][-1] == 1
+
+
+def test_the_pooled_threshold_maximises_balanced_accuracy():
+    from fedmed.common.metrics import (choose_threshold, consistent_counts, evaluation_round, histogram_key,
+                                       histogram_metrics)
+
+    neg = [0.0] * 20
+    pos = [0.0] * 20
+    neg[2], neg[8] = 50, 50     # negatives score 0.1-0.15 and 0.4-0.45
+    pos[9], pos[15] = 5, 45     # positives mostly high, a few just above the negatives
+    site = {histogram_key(0): neg, histogram_key(1): pos, "num-examples": 150}
+    per_site, pooled = evaluation_round({"A": site, "B": site, "old": {"accuracy": 0.7}})
+    assert set(per_site) == {"A", "B"}
+    assert pooled["threshold"] == pytest.approx(0.45)  # between the two groups: every image right
+    assert pooled["balanced_accuracy"] == pytest.approx(1.0)
+    assert pooled["confusion"] == [[200.0, 0.0], [0.0, 100.0]]
+    assert histogram_metrics(np.array([neg, pos]), 0.5)["sensitivity"] == pytest.approx(0.9)
+    # Noise can make counts negative: they are read as 0; a class without weight keeps 0.5.
+    assert choose_threshold(np.array([[0.0] * 20, pos])) == 0.5
+    noised = np.array([[3.0, -2.0, 1.0, -4.0], [0.0, 5.0, -1.0, 2.0]])
+    counts = consistent_counts(noised)
+    assert (counts >= 0).all() and counts[1].sum() == pytest.approx(6.0)
+    assert np.array_equal(consistent_counts(np.array([neg, pos])), np.array([neg, pos]))
+    assert evaluation_round({"old": {"accuracy": 0.7}}) == ({}, None)

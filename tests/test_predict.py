@@ -82,7 +82,7 @@ def test_cli_writes_one_row_per_file_and_never_aborts(trained, tmp_path: Path):
                                       str(tmp_path / "missing.dcm"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["path", "predicted", "prob_normal", "prob_abnormal", "error"]
+    assert list(rows[0]) == ["path", "predicted", "prob_normal", "prob_abnormal", "error", "warning"]
     assert len(rows) == 5
     by_name = {Path(r["path"]).name: r for r in rows}
     assert by_name["broken.dcm"]["error"] == "not a DICOM file" and by_name["broken.dcm"]["predicted"] == ""
@@ -110,3 +110,68 @@ def test_mismatched_model_files_are_refused_in_one_line(trained, tmp_path: Path)
         assert result.exit_code == 2
         message = result.output.strip()
         assert message.startswith("error:") and "\n" not in message and phrase in message
+
+
+def test_nothing_predicted_exits_non_zero(trained, tmp_path: Path):
+    result = CliRunner().invoke(app, ["predict", "--model", str(trained["path"]), str(tmp_path / "absent.dcm"),
+                                      "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1
+    assert "nothing could be predicted: file not found" in result.output
+
+
+def test_files_unlike_the_training_data_are_scored_with_a_warning(trained, tmp_path: Path):
+    from dataclasses import replace
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    config = trained["config"]
+    ct_config = config.with_(image=replace(config.image, modalities=("CT",)))
+    ct_model = save_checkpoint(tmp_path / "ct.pt", trained["model"].state_dict(), ct_config, 1)
+    payload = torch.load(ct_model, weights_only=True)
+    assert payload["trained_on"] == {"modalities": ["CT"], "photometric": "greyscale", "input_size": 32,
+                                     "frames": "middle", "source": "run image settings"}
+    ct_file = trained["val_files"][0]
+    mr_file = tmp_path / "mr.dcm"
+    ds = pydicom.dcmread(ct_file)
+    ds.Modality = "MR"
+    ds.save_as(mr_file)
+    small = tmp_path / "small.dcm"
+    ds = pydicom.dcmread(ct_file)
+    ds.PixelData = np.zeros((16, 16), dtype=np.uint16).tobytes()
+    ds.Rows, ds.Columns = 16, 16
+    ds.save_as(small)
+    colour = Path(get_testdata_file("SC_rgb_small_odd.dcm", download=False) or pytest.skip("no test file"))
+    by_name = {Path(p.path).name: p for p in predict_files(ct_model, [ct_file, mr_file, small, colour])}
+    assert by_name[ct_file.name].warning == ""
+    assert by_name["mr.dcm"].warning == "MR modality (the model was trained on CT)"
+    assert by_name["mr.dcm"].probabilities  # still scored
+    assert by_name["small.dcm"].warning == "image of 16x16 pixels upscaled to the model's 32x32 input"
+    assert "OT modality (the model was trained on CT)" in by_name[colour.name].warning
+    assert "colour image (the model was trained on greyscale CT)" in by_name[colour.name].warning
+
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(ct_model), str(mr_file), "--out", str(out)])
+    assert result.exit_code == 0
+    assert "1 file(s) unlike the model's training data" in result.output
+    assert list(csv.DictReader(out.open()))[0]["warning"] == "MR modality (the model was trained on CT)"
+    # A model that declares no modality says so instead of staying silent.
+    result = CliRunner().invoke(app, ["predict", "--model", str(trained["path"]), str(mr_file), "--out", str(out)])
+    assert "does not say which modality it was trained on" in result.output
+
+
+def test_all_frames_policy_scores_the_mean_of_the_frames(trained, tmp_path: Path):
+    from dataclasses import replace
+
+    from pydicom.data import get_testdata_file
+
+    from fedmed.client.imaging import load_images
+
+    config = trained["config"]
+    every = config.with_(image=replace(config.image, frames="all"))
+    model_path = save_checkpoint(tmp_path / "all.pt", trained["model"].state_dict(), every, 1)
+    cine = Path(get_testdata_file("SC_rgb_rle_2frame.dcm", download=False) or pytest.skip("no test file"))
+    [prediction] = predict_files(model_path, [cine])
+    frames, _ = load_images(cine, every.image)
+    expected = predict_proba(trained["model"], frames[:, None], CPU).mean(axis=0)
+    np.testing.assert_allclose([prediction.probabilities[c] for c in config.classes], expected, atol=1e-6)

@@ -7,7 +7,6 @@ import pytest
 from fedmed.client.privacy import (
     AccountingError,
     PrivacyLedger,
-    can_afford,
     decide_round,
     default_delta,
     epsilon,
@@ -80,9 +79,9 @@ def test_bad_input_is_refused(history, delta, accountant):
         epsilon(history, delta, accountant=accountant)
 
 
-def test_can_afford():
-    assert can_afford([(1.1, 0.01, 500)], (1.1, 0.01, 100), 2.0, DELTA)
-    assert not can_afford([(1.1, 0.01, 500)], (0.5, 0.01, 1000), 2.0, DELTA)
+def test_budget_check_of_one_more_round():
+    assert decide_round([(1.1, 0.01, 500)], 2.0, DELTA, 1.1, 0.01, 100).train
+    assert not decide_round([(1.1, 0.01, 500)], 2.0, DELTA, 0.5, 0.01, 1000).train
 
 
 # ----------------------------------------------------------------------------- planning

@@ -22,7 +22,7 @@ import torch
 from fedmed.client.privacy.accounting import epsilon
 from fedmed.client.privacy.ledger import HEAD_NAME, LEDGER_NAME
 from fedmed.client.privacy.policy import PrivacyPolicy
-from fedmed.client.privacy.run_plan import PLAN_FILE
+from fedmed.client.privacy.planning import PLAN_FILE
 from fedmed.common.federation import FederationConfig
 from fedmed.common.settings import ImageSettings
 from fedmed.server.outputs import read_metrics, read_status
@@ -62,12 +62,17 @@ def test_budget_is_spent_once_and_a_tampered_ledger_is_refused(synthetic_sites: 
     after_run1 = {}
     for site in SITES:
         ledger = _ledger_rows(state / site)
-        assert [(r["round"], r["run"]) for r in ledger] == [(1, ledger[0]["run"]), (2, ledger[0]["run"])]
+        # each round: its DP-SGD reservation, then its evaluation release
+        assert [(r["round"], r["mechanism"]) for r in ledger] == [
+            (1, "dp-sgd"), (1, "gaussian"), (2, "dp-sgd"), (2, "gaussian")]
+        assert {r["run"] for r in ledger} == {ledger[0]["run"]}
         spent = ledger[-1]["epsilon"]
         assert 1.6 <= spent <= BUDGET, (site, spent)
         assert rows[-1]["sites"][site]["epsilon"] == pytest.approx(spent)
+        assert rows[-1]["sites"][site]["dp_metrics"] is True
         plan = json.loads((state / site / PLAN_FILE).read_text())
-        assert all(r["noise_multiplier"] == plan["noise_multiplier"] for r in ledger)
+        assert all(r["noise_multiplier"] == plan["noise_multiplier"] for r in ledger if r["mechanism"] == "dp-sgd")
+        assert all(r["noise_multiplier"] == plan["release_noise"] for r in ledger if r["mechanism"] == "gaussian")
         after_run1[site] = (state / site / LEDGER_NAME).read_bytes()
     assert rows[-1]["privacy"]["max_epsilon"] <= BUDGET
 
@@ -188,3 +193,32 @@ def test_a_client_restarted_mid_run_continues_its_ledger(synthetic_sites: Path, 
     assert ledger[0]["epsilon"] < ledger[1]["epsilon"] <= BUDGET
     assert first["epsilon"] == pytest.approx(ledger[0]["epsilon"])
     assert second["epsilon"] == pytest.approx(ledger[1]["epsilon"])
+
+
+def test_patient_level_privacy(synthetic_sites: Path, tmp_path: Path):
+    """`--privacy-unit patient`: one image per patient per round, the accountant's sample
+    rate over patients, every ledger row saying so, and ε as Google's PLD computes it."""
+    import math
+
+    from fedmed.client.sitedata import load_dicom_site
+    from pld_reference import pld_epsilon  # noqa: E402 — tests/ is on sys.path under pytest
+
+    state, config = tmp_path / "state", _config(rounds=1)
+    status = simulate(dicom_sites(synthetic_sites, state, PrivacyPolicy(epsilon=BUDGET, unit="patient")),
+                      config, tmp_path / "run")
+    assert status["status"] == "completed", status
+    data = load_dicom_site(synthetic_sites / "A", state / "A", config.image, config.classes,
+                           val_fraction=config.val_fraction, seed=config.seed)
+    patients = len(set(data.train_patients.tolist()))
+    assert patients < len(data.train_y)  # several images per patient
+    rows = _ledger_rows(state / "A")
+    assert {r["unit"] for r in rows} == {"patient"}
+    (training,) = [r for r in rows if r["mechanism"] == "dp-sgd"]
+    assert training["sample_rate"] == pytest.approx(1 / math.ceil(patients / config.batch_size))
+    assert training["data"] == data.patient_fingerprint != data.fingerprint
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+    assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)
+    assert rows[-1]["epsilon"] <= BUDGET
+    (row,) = read_metrics(tmp_path / "run")
+    # the train reply's count is the schedule's: ⌈P/B⌉·B, over patients
+    assert row["sites"]["A"]["num_train_examples"] == math.ceil(patients / config.batch_size) * config.batch_size

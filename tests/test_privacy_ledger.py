@@ -284,3 +284,25 @@ def test_audit_catches_a_wrong_epsilon_in_the_middle(state):
     PrivacyLedger.open(state, DATA)  # open checks the last line (the spend that matters) only
     with pytest.raises(LedgerError, match="line 2 records epsilon"):
         PrivacyLedger.audit(state, DATA)
+
+
+def test_a_format_1_ledger_is_read_and_carried_on(tmp_path):
+    """Ledgers written before rows named their mechanism stay valid: their rows are DP-SGD
+    rounds of images, and new rows chain onto them."""
+    prev, rows = "0" * 64, []
+    for rnd in (1, 2):
+        history = [(1.1, 0.01, 50)] * rnd
+        row = {"v": 1, "run": 1, "round": rnd, "noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 50,
+               "delta": DELTA, "epsilon": epsilon(history, DELTA), "accountant": "prv", "data": DATA,
+               "time": "2025-01-01T00:00:00+00:00", "prev": prev}
+        row["hash"] = canonical_hash(row)
+        prev = row["hash"]
+        rows.append(row)
+    write_rows(tmp_path, rows)
+    write_head(tmp_path, rows)
+    ledger = PrivacyLedger.open(tmp_path, DATA)
+    assert [e.mechanism for e in ledger.entries] == ["dp-sgd", "dp-sgd"]
+    entry = ledger.append(2, 1, 1.1, 0.01, 50, DELTA)
+    assert entry.prev == rows[-1]["hash"] and entry.epsilon == pytest.approx(epsilon([(1.1, 0.01, 150)], DELTA))
+    assert len(PrivacyLedger.audit(tmp_path, DATA)) == 3
+    assert read_rows(tmp_path)[-1]["v"] == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from fedmed.common.certs import init_federation, make_site_keys
-from fedmed.common.processes import free_port
 from fedmed.server.audit import read_audit, verify_chain
-from process_tree import start, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from process_tree import start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -50,10 +50,9 @@ def test_tls_federation_admits_only_enrolled_sites_and_keeps_control_local(
     init_federation(tmp_path / "other-ca", "localhost")
     make_site_keys("N", tmp_path / "certs-N", tmp_path / "other-ca" / "ca.crt")  # trusts another CA
 
-    port = free_port()
     run_dir = tmp_path / "run"
-    server = start(fedmed_cmd + [
-        "server", "start", "--certs", str(co), "--sites-dir", str(keys), "--address", f"127.0.0.1:{port}",
+    server, port = start_coordinator(fedmed_cmd + [
+        "server", "start", "--certs", str(co), "--sites-dir", str(keys), "--address", "127.0.0.1:0",
         "--rounds", "1", "--min-sites", "3", "--out", str(run_dir),
         "--image-size", "32", "--batch-size", "16", "--round-timeout", "120",
     ], tmp_path / "server.log")
@@ -103,10 +102,12 @@ def test_tls_federation_admits_only_enrolled_sites_and_keeps_control_local(
         assert all(s["status"] == "ok" for s in r["sites"].values())
     assert "Z" not in server_out and "site I" not in server_out
 
-    # The SuperNodes that could not join gave up on their own (the one without TLS
-    # retries forever and was stopped above).
-    assert intruders["Z"].returncode not in (0, None)
-    assert intruders["N"].returncode not in (0, None)
+    # The sites that could not join gave up on their own, each saying why.
+    for name in ("Z", "I", "N"):
+        assert intruders[name].returncode not in (0, None), name
+    assert "the coordinator refused this site" in (tmp_path / "client-Z.log").read_text()
+    assert "uses TLS, and --insecure connects without it" in (tmp_path / "client-I.log").read_text()
+    assert "the coordinator's certificate is not trusted" in (tmp_path / "client-N.log").read_text()
 
     # The audit log tells the story, and its hash chain is intact.
     assert verify_chain(run_dir) is None
@@ -149,18 +150,25 @@ def test_a_site_refuses_a_run_whose_app_differs(synthetic_sites: Path, tmp_path:
     modified_hash = hashlib.sha256(build_fab_from_disk(app)).hexdigest()
     assert modified_hash != fab_hash()
 
-    port = free_port()
     run_dir = tmp_path / "run"
     state = tmp_path / "state" / "A"
-    site = start(fedmed_cmd + ["client", "--site", "A", "--data", str(synthetic_sites / "A"),
-                               "--server", f"127.0.0.1:{port}", "--state", str(state), "--insecure"],
-                 tmp_path / "client-A.log")
     lines: list[str] = []
+    site = None
+
+    def emit(line: str) -> None:
+        # Port 0: the coordinator picks a free port itself; the site joins once it is known.
+        nonlocal site
+        lines.append(line)
+        if site is None and (serving := re.search(r"fedmed coordinator on \S+:(\d+)", line)):
+            site = start(fedmed_cmd + ["client", "--site", "A", "--data", str(synthetic_sites / "A"),
+                                       "--server", f"127.0.0.1:{serving.group(1)}", "--state", str(state),
+                                       "--insecure"], tmp_path / "client-A.log")
+
     try:
         config = FederationConfig(rounds=1, min_sites=1, round_timeout=90, batch_size=16,
                                   image=ImageSettings(size=32))
-        code = start_server(ServerOptions(out_dir=run_dir, config=config, address=f"127.0.0.1:{port}",
-                                          insecure=True, app_dir=app), emit=lines.append)
+        code = start_server(ServerOptions(out_dir=run_dir, config=config, address="127.0.0.1:0",
+                                          insecure=True, app_dir=app), emit=emit)
     finally:
         stop(site)
     assert code == 1, "\n".join(lines)

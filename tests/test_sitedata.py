@@ -260,17 +260,17 @@ def test_cache_second_load_decodes_nothing(tmp_path, monkeypatch):
     write_labels_csv(data, written)
 
     decoded = []
-    real_load_image = site_module.load_image
+    real_load_images = site_module.load_images
 
-    def counting_load_image(path, settings):
+    def counting_load_images(path, settings):
         decoded.append(Path(path).name)
-        return real_load_image(path, settings)
+        return real_load_images(path, settings)
 
-    monkeypatch.setattr(site_module, "load_image", counting_load_image)
+    monkeypatch.setattr(site_module, "load_images", counting_load_images)
     seen = []
     first = load_dicom_site(data, state, SETTINGS, CLASSES, progress=lambda d, t: seen.append((d, t)))
     assert len(decoded) == 5 and seen[-1] == (5, 5) and len(seen) == 5
-    assert first.skipped.counts == {f"cannot decode transfer syntax {JPEGBaseline8Bit}": 1}
+    assert first.skipped.counts == {"corrupt JPEG Baseline (Process 1) pixel data": 1}
     cache_files = list((state / "cache").glob("*.npz"))
     assert len(cache_files) == 1 and (cache_files[0].stat().st_mode & 0o077) == 0
 
@@ -386,3 +386,22 @@ def test_pneumoniamnist_real_file():
     x = load_npz_arrays(images, labels, ImageSettings(size=64))
     assert x.shape == (len(images), 1, 64, 64) and np.isfinite(x).all()
     assert -1.0 - 1e-6 <= x.min() and x.max() <= 1.0 + 1e-6
+
+
+def test_run_modalities_leave_out_other_images_without_changing_the_data_set(tmp_path):
+    data = tmp_path / "site"
+    written = write_patient(data, 1, 2, "normal") + write_patient(data, 2, 2, "abnormal")
+    mr = written[1].path
+    ds = pydicom.dcmread(mr)
+    ds.Modality = "MR"
+    ds.save_as(mr)
+    write_labels_csv(data, written)
+    everything = load_dicom_site(data, tmp_path / "s1", SETTINGS, CLASSES, val_fraction=0.0)
+    ct_only = load_dicom_site(data, tmp_path / "s2", replace(SETTINGS, modalities=("CT",)), CLASSES,
+                              val_fraction=0.0)
+    assert len(everything.train_y) == 4 and len(ct_only.train_y) == 3
+    assert ct_only.skipped.counts == {"modality not in the run's list": 1}
+    # The same people's images: the privacy ledger's data set does not change with the list.
+    assert ct_only.fingerprint == everything.fingerprint
+    with pytest.raises(ValueError, match="no labelled image of the run's modalities US"):
+        load_dicom_site(data, tmp_path / "s3", replace(SETTINGS, modalities=("US",)), CLASSES)

@@ -12,18 +12,27 @@ Decisions
 ---------
 * Only DICOM Part 10 files (128-byte preamble and "DICM") are read; a bare data set
   without a preamble is reported as "not a DICOM file".
-* Compressed transfer syntaxes are decoded by whatever pydicom plugins are installed
-  (RLE natively, JPEG and JPEG 2000 through pylibjpeg); a syntax no plugin can decode
-  is "cannot decode transfer syntax <UID>".
-* Multi-frame images (Number of Frames > 1: cine loops, volumes, tomosynthesis) are
-  refused: a site labels a file, and picking one frame of a volume to stand for that
-  label would silently train on a slice nobody looked at.
+* Every transfer syntax pydicom can decode with the plugins installed is accepted (native
+  and deflated, RLE natively; JPEG, JPEG-LS, JPEG 2000 and HTJ2K through pylibjpeg or
+  pillow), and one folder may mix them. A skip reason names the syntax by its name in the
+  standard's registry, never by a bare UID: "cannot decode JPEG Extended (Process 2 and
+  4): no decoder installed (install pylibjpeg, pylibjpeg-libjpeg)" when a plugin is
+  missing, "corrupt <syntax> pixel data" when a plugin fails on the data.
+* Documented exceptions: video transfer syntaxes (MPEG-2, H.264, HEVC), JPEG 2000 Part 2
+  multi-component and JPIP-referenced pixel data, which pydicom itself cannot decode
+  ("<syntax> is not supported: pydicom has no decoder for it"); floating-point pixel data
+  (parametric maps: no stored values for the modality and VOI rules); retired colour
+  models and the partial-YBR family.
+* Multi-frame images (cine loops, enhanced CT/MR, tomosynthesis) are decoded frame by
+  frame; which frames become model inputs is the run's `ImageSettings.frames` policy
+  (`fedmed.client.imaging.pipeline`). An enhanced object's per-frame rescale and window
+  come from its functional groups (`steps.frame_header`).
 * Colour images (RGB and the YBR family, which pydicom converts to RGB) are turned into
   grey with the ITU-R BT.601 luma weights, so secondary captures and exported
-  screenshots of grey images still count. Their values have no modality meaning, so the
-  pipeline scales them by their nominal range instead of windowing them (see
-  `fedmed.client.imaging.pipeline`). PALETTE COLOR and the retired colour models are
-  refused: their stored values are indices or components whose grey level is undefined.
+  screenshots of grey images still count. PALETTE COLOR images go through their own
+  colour lookup table (pydicom's `apply_color_lut`) first, then the same luma. Neither has
+  modality values, so the pipeline scales them by their nominal range instead of
+  windowing them.
 """
 
 from __future__ import annotations
@@ -36,25 +45,32 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.pixels import pixel_array as decode_pixels
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from . import steps
 from .quiet import quiet_pydicom
-from .steps import luma
 from .unusable import UnusableImage
 
 __all__ = [
     "UnusableImage",
     "check_image_header",
+    "decode_frame",
+    "frame_count",
+    "image_kind",
     "is_colour",
     "pixel_array",
     "read_dicom",
+    "syntax_name",
 ]
 
 GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+PALETTE = "PALETTE COLOR"
 # Defined terms of PS3.3 C.7.6.3.1.2 that are refused; only these may be named in a reason.
 _REFUSED_PHOTOMETRIC = (
-    "PALETTE COLOR",
     "YBR_PARTIAL_420",
     "YBR_PARTIAL_422",
     "XYB",
@@ -114,7 +130,7 @@ def _ends_past_eof(ds: Dataset, size: int) -> bool:
 def check_image_header(ds: Dataset) -> None:
     """Refuse, from the header alone, a dataset the pipeline cannot turn into an image.
 
-    Raises UnusableImage("no pixel data" | "multi-frame image (N frames) not supported" |
+    Raises UnusableImage("no pixel data" | "invalid number of frames" |
     "unsupported photometric interpretation ..." | ...).
     """
     if "PixelData" not in ds:
@@ -132,12 +148,16 @@ def check_image_header(ds: Dataset) -> None:
             raise UnusableImage("invalid image pixel description") from None
     if rows <= 0 or cols <= 0 or not ds.get("BitsAllocated"):
         raise UnusableImage("invalid image pixel description")
-    if frames > 1:
-        raise UnusableImage(f"multi-frame image ({frames} frames) not supported")
+    if frames < 1:
+        raise UnusableImage("invalid number of frames")
     if photometric in GREY:
         expected_samples = 1
     elif photometric in COLOUR:
         expected_samples = 3
+    elif photometric == PALETTE:
+        expected_samples = 1
+        if not all(f"{c}PaletteColorLookupTableDescriptor" in ds for c in ("Red", "Green", "Blue")):
+            raise UnusableImage("PALETTE COLOR without a colour lookup table")
     elif photometric in _REFUSED_PHOTOMETRIC:
         raise UnusableImage(f"unsupported photometric interpretation {photometric}")
     elif not photometric:
@@ -151,34 +171,78 @@ def check_image_header(ds: Dataset) -> None:
 
 def is_colour(ds: Dataset) -> bool:
     """Whether the dataset's pixels are colour (and so were converted to grey on decode)."""
-    return str(ds.get("PhotometricInterpretation") or "").strip().upper() in COLOUR
+    return image_kind(ds) != "grey"
 
 
-def pixel_array(ds: Dataset) -> np.ndarray:
-    """The dataset's pixels as one 2-D array: stored values for a greyscale image (the
-    modality LUT is not applied here), BT.601 luma (float64) for a colour image.
+def image_kind(ds: Dataset) -> str:
+    """"grey", "colour" (RGB / YBR) or "palette": which chain of steps the pixels take."""
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    if photometric in COLOUR:
+        return "colour"
+    return "palette" if photometric == PALETTE else "grey"
 
-    Raises UnusableImage for a dataset `check_image_header` refuses, pixel data shorter
-    than the image needs ("truncated pixel data") and pixel data no installed plugin can
-    decode ("cannot decode transfer syntax <UID>").
+
+def frame_count(ds: Dataset) -> int:
+    """Number of Frames, 1 when absent (valid after `check_image_header`)."""
+    with quiet_pydicom():
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+
+
+def decode_frame(ds: Dataset, index: int) -> np.ndarray:
+    """Frame `index` of the dataset as decoded by pydicom: stored values (H, W) for a
+    greyscale or palette image, RGB (H, W, 3) for a colour one (YBR converted).
+
+    Raises UnusableImage for pixel data shorter than the image needs ("truncated pixel
+    data") and pixel data that cannot be decoded (the reason names the syntax).
     """
-    check_image_header(ds)
     tsyntax = _transfer_syntax(ds)
     if not _is_compressed(tsyntax) and _native_too_short(ds):
         raise UnusableImage("truncated pixel data")
     with quiet_pydicom():
         try:
-            arr = ds.pixel_array
+            if frame_count(ds) == 1:
+                arr = ds.pixel_array
+            else:
+                # One frame at a time: a long cine loop or volume is never held whole.
+                arr = decode_pixels(ds, index=index)
         except Exception:
             raise UnusableImage(_decode_failure(tsyntax)) from None
     arr = np.asarray(arr)
-    if is_colour(ds):
+    if image_kind(ds) == "colour":
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise UnusableImage("undecodable pixel data")
-        return luma(arr)
-    if arr.ndim != 2:
+    elif arr.ndim != 2:
         raise UnusableImage("undecodable pixel data")
     return arr
+
+
+def pixel_array(ds: Dataset, index: int | None = None) -> np.ndarray:
+    """One frame (default: the middle one) as a 2-D array: stored values for a greyscale
+    image (the modality LUT is not applied here), BT.601 luma (float64) of the RGB
+    values for a colour image, and of the palette's colours for a PALETTE COLOR one.
+
+    Raises UnusableImage for a dataset `check_image_header` refuses, and as
+    `decode_frame` does.
+    """
+    check_image_header(ds)
+    arr = decode_frame(ds, frame_count(ds) // 2 if index is None else index)
+    kind = image_kind(ds)
+    if kind == "colour":
+        return steps.luma(arr)
+    if kind == "palette":
+        return steps.luma(steps.palette_colour(arr, ds))
+    return arr
+
+
+def syntax_name(ds: Dataset) -> str:
+    """The file's transfer syntax by its registered name; "(missing)" or "private or
+    unknown" otherwise (an unregistered UID is an organisation's and is not repeated)."""
+    tsyntax = _transfer_syntax(ds)
+    if tsyntax is None:
+        return "(missing)"
+    if tsyntax.is_transfer_syntax and tsyntax.name != str(tsyntax):
+        return tsyntax.name
+    return "private or unknown"
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
@@ -195,12 +259,11 @@ def _is_compressed(tsyntax: UID | None) -> bool:
 
 
 def _native_too_short(ds: Dataset) -> bool:
+    # pydicom's own expected length counts frames, packed bits and YBR_FULL_422's
+    # subsampling (two bytes per pixel pair of chroma, not three).
     with quiet_pydicom():
         try:
-            bits = int(ds.BitsAllocated)
-            pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
-            expected = (pixels * bits + 7) // 8
-            return len(ds.PixelData) < expected
+            return len(ds.PixelData) < get_expected_length(ds, unit="bytes")
         except Exception:
             raise UnusableImage("undecodable pixel data") from None
 
@@ -208,10 +271,25 @@ def _native_too_short(ds: Dataset) -> bool:
 def _decode_failure(tsyntax: UID | None) -> str:
     if tsyntax is None:
         return "undecodable pixel data"
-    # Only a UID from the standard's registry is named: it identifies a codec, never a
-    # patient. A private syntax UID is an organisation's root and is not repeated.
-    if tsyntax.is_private:
+    # Only a syntax from the standard's registry is named, and by its name: it identifies
+    # a codec, never a patient. A private syntax UID is an organisation's root and is not
+    # repeated.
+    if tsyntax.is_private or not tsyntax.is_transfer_syntax or tsyntax.name == str(tsyntax):
         return "cannot decode private transfer syntax"
-    if _is_compressed(tsyntax) and tsyntax.name != str(tsyntax):
-        return f"cannot decode transfer syntax {tsyntax}"
-    return "undecodable pixel data"
+    if not _is_compressed(tsyntax):
+        return "undecodable pixel data"
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return f"{tsyntax.name} is not supported: pydicom has no decoder for it"
+    if not decoder.is_available:
+        needs = sorted({_package(text) for text in decoder.missing_dependencies})
+        hint = f" (install {' or '.join(needs)})" if needs else ""
+        return f"cannot decode {tsyntax.name}: no decoder installed{hint}"
+    return f"corrupt {tsyntax.name} pixel data"
+
+
+def _package(missing: str) -> str:
+    # pydicom words a missing plugin as "label - requires pkg>=1.0 and other>=2.0".
+    needs = missing.partition("requires ")[2] or missing.partition(" - ")[0]
+    return " and ".join(part.split(">")[0].split("=")[0].strip() for part in needs.split(" and "))

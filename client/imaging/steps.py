@@ -4,7 +4,11 @@ an array out.
 The order of the greyscale chain is fixed by PS3.3 C.11 and PS3.4 N.2: stored values ->
 modality LUT -> VOI LUT -> presentation (MONOCHROME1 inversion); resizing and the model's
 normalisation come after, on the displayed [0, 1] image, so that every site's images look
-alike whatever scanner or export wrote them. `fedmed.client.imaging.pipeline` runs them.
+alike whatever scanner or export wrote them. Multi-frame files add three rules: which
+frames are used (`select_frames`), each frame's own rescale and window from an enhanced
+object's functional groups (`frame_header`), and the maximum-intensity projection
+(`max_projection`). Colour has two: the palette lookup (`palette_colour`) and luma.
+`fedmed.client.imaging.pipeline` runs them.
 """
 
 from __future__ import annotations
@@ -14,18 +18,23 @@ import math
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_modality_lut, apply_voi
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 
 from .unusable import UnusableImage
 
 __all__ = [
+    "frame_header",
     "invert_monochrome1",
     "luma",
+    "max_projection",
     "min_max",
     "modality_lut",
     "normalise",
+    "palette_colour",
+    "palette_range",
     "resize_square",
     "scale_nominal_range",
+    "select_frames",
     "voi",
     "voi_lut_sequence",
     "window",
@@ -39,6 +48,93 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     (PS3.3 C.7.6.3.1.2), so a YBR image's grey level is its own Y component."""
     weights = np.array([0.299, 0.587, 0.114])
     return np.asarray(rgb, dtype=np.float64) @ weights
+
+
+def select_frames(count: int, policy: str) -> list[int]:
+    """The frames of a `count`-frame image the policy uses (see `ImageSettings.frames`):
+    "middle" the frame at count // 2 (the centre of a volume or loop, the frame most
+    likely to show what the file was labelled for), "all" and "mip" every frame."""
+    if count < 1:
+        raise ValueError(f"frame count: expected at least 1, got {count}")
+    if policy == "middle":
+        return [count // 2]
+    if policy in ("all", "mip"):
+        return list(range(count))
+    raise ValueError(f"frame policy: expected middle, all or mip, got {policy!r}")
+
+
+# The Image Pixel, Modality LUT and VOI LUT attributes the greyscale steps read.
+_PIXEL_KEYWORDS = ("PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+                   "PixelRepresentation", "SamplesPerPixel", "Rows", "Columns")
+_LUT_KEYWORDS = ("ModalityLUTSequence", "RescaleSlope", "RescaleIntercept", "RescaleType",
+                 "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
+# Functional group macros (PS3.3 C.7.6.16.2) that carry the same attributes per frame.
+_FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+def frame_header(ds: Dataset, index: int) -> Dataset:
+    """The attributes the greyscale steps read, as they hold for frame `index`.
+
+    An enhanced multi-frame object (enhanced CT/MR/XA, PS3.3 C.7.6.16) keeps its rescale
+    and window in functional groups, not at the top level: the Shared Functional Groups
+    apply to every frame, and a frame's own Per-Frame Functional Groups item overrides
+    them. A classic object's top-level values are returned unchanged. Returns a small new
+    dataset (never the pixel data), so the steps stay pure.
+    """
+    out = Dataset()
+    for keyword in _PIXEL_KEYWORDS + _LUT_KEYWORDS:
+        if keyword in ds:
+            setattr(out, keyword, ds.data_element(keyword).value)
+    groups = []
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and 0 <= index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for macro in _FRAME_MACROS:
+            items = group.get(macro)
+            if not items:
+                continue
+            for keyword in _LUT_KEYWORDS:
+                if keyword in items[0]:
+                    setattr(out, keyword, items[0].data_element(keyword).value)
+    return out
+
+
+def max_projection(frames: list[np.ndarray]) -> np.ndarray:
+    """Maximum-intensity projection: the pixel-wise maximum over frames of one size,
+    taken on modality values (before windowing), as a radiologist's MIP of a volume or
+    a tomosynthesis stack is."""
+    if not frames:
+        raise ValueError("max projection: expected at least one frame")
+    out = np.asarray(frames[0], dtype=np.float64).copy()
+    for frame in frames[1:]:
+        np.maximum(out, frame, out=out)
+    return out
+
+
+def palette_colour(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """PALETTE COLOR stored indices -> RGB through the file's Palette Color Lookup Table
+    (PS3.3 C.7.6.3.1.5, C.7.9), by pydicom's `apply_color_lut`; entry values keep the
+    LUT's own bit depth (see `palette_range`)."""
+    try:
+        return np.asarray(apply_color_lut(arr, ds), dtype=np.float64)
+    except Exception:
+        raise UnusableImage("invalid palette colour lookup table") from None
+
+
+def palette_range(grey: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Luma of palette colours onto [0, 1] by the LUT entries' nominal range
+    2**bits - 1, bits being the third value of the Red LUT Descriptor (8 or 16)."""
+    try:
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception:
+        raise UnusableImage("invalid palette colour lookup table") from None
+    if bits not in (8, 16):
+        raise UnusableImage("invalid palette colour lookup table")
+    return np.clip(np.asarray(grey, dtype=np.float64) / float(2**bits - 1), 0.0, 1.0)
 
 
 def modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:

@@ -1,12 +1,16 @@
-"""Differential-privacy accounting for a site: ε of a training history, planning σ for a
-budget, the per-round budget check, and the tamper-evident privacy ledger.
+"""A site's differential privacy: its policy, the round that spends it, and the ledger.
 
-* `accounting` -- ε of a DP-SGD history (PRV / RDP), planning σ, the default δ.
-* `ledger` -- ``privacy-ledger.jsonl``: every round the site trained on its data.
-* `budget` -- train this round, or "budget exhausted" and why.
+* `policy` -- the site's own settings (budget, clipping, metric releases).
+* `round` -- `PrivacyRound`: open -> plan -> reserve -> train -> record, the one object
+  the ClientApp uses for a DP round and its evaluation release.
+* `accounting` -- ε of a history of (subsampled) Gaussian mechanisms; the accountant and δ.
+* `planning` -- the noise a run uses for its budget (DP-SGD and metric releases).
+* `budget` -- the one decision type: spend this round, or why not.
+* `ledger` -- ``privacy-ledger.jsonl``: every spend, reserved before it happens.
+* `disclosure` -- what an evaluation reply releases, and how it is protected.
+* `dp_sgd` -- DP-SGD training itself (Opacus).
 
-These three are pure accounting and files (no torch); the DP-SGD training itself and the
-site's policy are in `dp_sgd` and `policy`.
+`accounting`, `planning`, `budget` and `ledger` are pure accounting and files (no torch).
 """
 
 from importlib import import_module
@@ -14,18 +18,18 @@ from importlib import import_module
 # Where each name lives. Loaded on first use (PEP 562), so that `policy`, which the site's
 # launcher reads, does not pull in Opacus and torch through this package.
 _HOMES = {
+    "ACCOUNTANT": "accounting",
     "AccountingError": "accounting",
-    "can_afford": "accounting",
     "default_delta": "accounting",
     "epsilon": "accounting",
     "merge_history": "accounting",
-    "plan_noise_multiplier": "accounting",
-    "rounds_affordable": "accounting",
     "BudgetDecision": "budget",
     "decide_round": "budget",
     "LedgerEntry": "ledger",
     "LedgerError": "ledger",
     "PrivacyLedger": "ledger",
+    "plan_noise_multiplier": "planning",
+    "rounds_affordable": "planning",
 }
 
 __all__ = sorted(_HOMES)

@@ -14,16 +14,26 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .accounting import Accountant, HistoryEntry, check_entry, epsilon
-from .ledger import PrivacyLedger
+from typing import TYPE_CHECKING
+
+from .accounting import ACCOUNTANT, Accountant, HistoryEntry, check_entry, epsilon
+
+if TYPE_CHECKING:
+    from .ledger import PrivacyLedger
+
+OK = "ok"
+BUDGET_EXHAUSTED = "budget-exhausted"
+DECLINED = "declined"
 
 
 @dataclass(frozen=True)
 class BudgetDecision:
-    """Whether one round may be trained, and why.
+    """Whether one round (a training round or a release) may run, and why: the one
+    decision type of a site's privacy round.
 
     train: True when the round fits in the budget.
-    reason: one line for the site's log and the round's metrics.
+    reason: one line for the site's log and its reply (fixed words and numbers only).
+    status: the reply's status: "ok", "budget-exhausted", or "declined" (no plan fits).
     spent_epsilon: ε of everything trained so far, at ``delta``.
     epsilon_after: ε including this round (what the ledger would record if it is trained).
     """
@@ -38,6 +48,14 @@ class BudgetDecision:
     sample_rate: float
     steps: int
     accountant: str
+    status: str = OK
+
+    @classmethod
+    def declined(cls, reason: str, target_epsilon: float, delta: float, spent: float) -> "BudgetDecision":
+        """Not even one round fits at the noise the site accepts (nothing was planned)."""
+        return cls(train=False, reason=reason, target_epsilon=float(target_epsilon), delta=float(delta),
+                   spent_epsilon=spent, epsilon_after=spent, noise_multiplier=0.0, sample_rate=0.0,
+                   steps=0, accountant=ACCOUNTANT, status=DECLINED)
 
     @property
     def remaining_epsilon(self) -> float:
@@ -49,13 +67,13 @@ class BudgetDecision:
 
 
 def decide_round(
-    ledger: PrivacyLedger | Sequence[HistoryEntry],
+    ledger: "PrivacyLedger | Sequence[HistoryEntry]",
     target_epsilon: float,
     delta: float,
     noise_multiplier: float,
     sample_rate: float,
     steps: int,
-    accountant: Accountant = "prv",
+    accountant: Accountant = ACCOUNTANT,
 ) -> BudgetDecision:
     """Decide whether the next round, ``(noise_multiplier, sample_rate, steps)``, fits.
 
@@ -65,20 +83,14 @@ def decide_round(
     The round fits when the ε of the ledger's history plus this round, at ``delta``, is at
     most ``target_epsilon``.
     """
-    history = list(ledger.history if isinstance(ledger, PrivacyLedger) else ledger)
+    is_ledger = hasattr(ledger, "history")
+    history = list(ledger.history if is_ledger else ledger)
     sigma, q, n_steps = check_entry((noise_multiplier, sample_rate, steps))
     target = float(target_epsilon)
     if not target > 0:
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
-    if (
-        isinstance(ledger, PrivacyLedger)
-        and ledger.entries
-        and ledger.entries[-1].delta == float(delta)
-        and ledger.entries[-1].accountant == accountant
-    ):
-        spent = ledger.epsilon  # verified on open, or computed by this process's append
-    else:
-        spent = epsilon(history, delta, accountant)
+    # A ledger knows the verified ε of its last line; a bare history is composed here.
+    spent = ledger.spent(delta, accountant) if is_ledger else epsilon(history, delta, accountant)
     after = epsilon(history + [(sigma, q, n_steps)], delta, accountant)
     round_text = f"sigma={sigma:g}, q={q:g}, {n_steps} steps"
     if after <= target:
@@ -109,4 +121,5 @@ def decide_round(
         sample_rate=q,
         steps=n_steps,
         accountant=accountant,
+        status=OK if train else BUDGET_EXHAUSTED,
     )

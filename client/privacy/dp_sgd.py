@@ -44,7 +44,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import ResNet
 
-from fedmed.common.models import SmallCNN
+from fedmed.client.augmentation import AugmentSettings, augment, average_views, repeat_views
+from fedmed.common.models import DPCNN, SmallCNN
 
 MODES = ("hooks", "functorch", "ew", "ghost")
 """Opacus grad-sample modes fedmed may train with."""
@@ -68,15 +69,18 @@ MEASURED_BEST_MODE: dict[tuple[str, str], str] = {
     #   8.2×. There the GPU is idle between small kernels and ghost's second backward pass
     #   costs more than it saves; hooks is within 10 % of ew at under half its memory.
     ("cnn", "cpu"): "ghost",
+    # dpcnn: its weight-standardised convolutions have no Opacus grad sampler, so every mode
+    # but ghost computes their per-record gradients with functorch; hooks handles the rest.
+    ("dpcnn", "cpu"): "hooks",
+    ("dpcnn", "cuda"): "hooks",
     ("resnet18", "cpu"): "hooks",
     ("cnn", "cuda"): "hooks",
     ("resnet18", "cuda"): "hooks",
 }
 
-_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (ResNet, "resnet18"))
+_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (DPCNN, "dpcnn"), (ResNet, "resnet18"))
 
-ACCOUNTANT = "prv"
-"""The accountant handed to Opacus' engine (the site's default too); see module docstring."""
+from .accounting import ACCOUNTANT  # noqa: E402 -- handed to Opacus' engine; see module docstring
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class PrivateTraining:
     schedule: DPSchedule
     seed: int
     engine: PrivacyEngine
+    augment: AugmentSettings | None = None
+    views: int = 1
     _keys: tuple[str, ...] = field(repr=False, default=())
 
     def train(self, epochs: int, device: torch.device | str = "cpu") -> DPTrainResult:
@@ -182,6 +188,8 @@ def make_private_training(
     seed: int,
     mode: str | None = None,
     model_name: str | None = None,
+    augment: AugmentSettings | None = None,
+    views: int = 1,
 ) -> PrivateTraining:
     """Wrap (model, optimizer, records) for DP-SGD with Opacus.
 
@@ -191,8 +199,20 @@ def make_private_training(
     supports. `seed` fixes the Poisson sampling, the noise and dropout, so on the CPU a seed
     reproduces the run's weights. `optimizer` must be over `model`'s parameters; the
     returned one wraps it. A noise multiplier of 0 trains without privacy (for checks).
+
+    `augment` perturbs every batch (`fedmed.client.augmentation`); with ``views`` = K > 1,
+    each sampled record is seen as K augmented views whose per-sample gradients are
+    averaged into the record's gradient before it is clipped (augmentation multiplicity).
+    The sampling rate, noise and step count -- everything the accountant is told -- do not
+    depend on K. Ghost clipping never forms per-view gradients, so K > 1 uses hooks.
     """
+    if views < 1:
+        raise ValueError(f"DP-SGD: augmentation views must be at least 1, got {views}")
+    if views > 1 and augment is None:
+        raise ValueError("DP-SGD: augmentation views > 1 need augmentation settings")
     mode = mode or _default_mode(model, model_name)
+    if views > 1 and mode == "ghost":
+        mode = "hooks"
     if mode not in MODES:
         raise ValueError(f"DP-SGD: grad-sample mode must be one of {', '.join(MODES)}, got {mode!r}")
     schedule = dp_schedule(len(x), batch_size, noise_multiplier, max_grad_norm)
@@ -220,7 +240,7 @@ def make_private_training(
     return PrivateTraining(
         module=module, model=dp_model, optimizer=dp_optimizer, loader=loader,
         criterion=criterion, mode=mode, schedule=schedule, seed=seed, engine=engine,
-        _keys=keys,
+        augment=augment, views=views, _keys=keys,
     )
 
 
@@ -302,12 +322,16 @@ def train_private(training: PrivateTraining, epochs: int, device: torch.device) 
     training.model.to(device).train()
     _move_noise_generator(training, device)
     steps, last_epoch_loss = 0, math.nan
+    generator = None
+    if training.augment is not None:
+        augment_seed = int(np.random.SeedSequence(training.seed).generate_state(4)[3])
+        generator = torch.Generator().manual_seed(augment_seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(training.seed)
         for _ in range(epochs):
             total, count = 0.0, 0
             for xb, yb in training.loader:
-                loss = dp_step(training, xb.to(device), yb.to(device))
+                loss = dp_step(training, xb.to(device), yb.to(device), generator)
                 steps += 1
                 total += loss * len(xb)
                 count += len(xb)
@@ -315,20 +339,36 @@ def train_private(training: PrivateTraining, epochs: int, device: torch.device) 
     return DPTrainResult(num_examples=len(training.loader.dataset), loss=last_epoch_loss, steps=steps)
 
 
-def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor) -> float:
-    """One noisy step on one (Poisson-sampled) batch; returns its mean loss (0 if empty)."""
+def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
+            generator: torch.Generator | None = None) -> float:
+    """One noisy step on one (Poisson-sampled) batch; returns its mean loss (0 if empty).
+
+    With augmentation, `generator` draws the transforms; with K views per record, the
+    batch of B records is run as B·K views and each record's K per-view gradients are
+    averaged before the optimizer clips them, so Opacus still sees B records.
+    """
     optimizer = training.optimizer
     optimizer.zero_grad(set_to_none=True)
     if len(xb) == 0:
         _zero_record_gradients(training)
         optimizer.step()
         return 0.0
+    views = training.views
+    if training.augment is not None:
+        if generator is None:
+            raise ValueError("DP-SGD: augmentation needs a generator")
+        xb = augment(repeat_views(xb, views), training.augment, generator)
+        yb = repeat_views(yb, views)
     with warnings.catch_warnings():
         # The first layer's input never requires a gradient; PyTorch then notes that
         # Opacus' full backward hooks see only output gradients, which is all they use.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss = training.criterion(training.model(xb), yb)
         loss.backward()
+    if views > 1:
+        for p in optimizer.params:
+            if getattr(p, "grad_sample", None) is not None:
+                p.grad_sample = average_views(p.grad_sample, views)
     optimizer.step()
     return float(loss.detach())
 

@@ -29,19 +29,27 @@ __all__ = ["CachedImages", "cache_key", "load_cached", "save_cached"]
 
 CACHE_DIR = "cache"
 _PREFIX = "site-images-"
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass
 class CachedImages:
     """Preprocessed images of a scan's files, in scan order.
 
-    images: float32 (M, 1, S, S) for the files whose reason is "".
+    images: float32 (M, 1, S, S) for the files whose reason is "", each file's images
+        together in file order.
     reasons: one per scanned file: "" when decoded, else why it was unusable.
+    counts: one per scanned file: how many images it gave (0 when unusable; more than
+        one for a multi-frame file under the "all" frame policy).
     """
 
     images: np.ndarray
     reasons: list[str]
+    counts: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.reasons):
+            raise ValueError("cached images: expected one image count per file")
 
 
 def cache_key(files: Sequence[SiteFile], classes: Sequence[str], settings: ImageSettings) -> str:
@@ -71,12 +79,15 @@ def load_cached(state_dir: str | os.PathLike[str], key: str, count: int) -> Cach
                 return None
             images = np.asarray(data["images"], dtype=np.float32)
             reasons = [str(r) for r in data["reasons"]]
+            counts = [int(n) for n in data["counts"]]
     except (OSError, ValueError, KeyError):
         # A cache cut short by a crash is rebuilt, not trusted.
         return None
-    if len(reasons) != count or images.shape[0] != sum(1 for r in reasons if not r):
+    if len(reasons) != count or len(counts) != count or images.shape[0] != sum(counts):
         return None
-    return CachedImages(images, reasons)
+    if any((n > 0) == bool(r) for n, r in zip(counts, reasons)):
+        return None
+    return CachedImages(images, reasons, counts)
 
 
 def save_cached(state_dir: str | os.PathLike[str], key: str, cached: CachedImages) -> Path:
@@ -91,6 +102,7 @@ def save_cached(state_dir: str | os.PathLike[str], key: str, cached: CachedImage
             key=np.array(key),
             images=np.asarray(cached.images, dtype=np.float32),
             reasons=np.array(cached.reasons, dtype=str),
+            counts=np.array(cached.counts, dtype=np.int64),
         )
     os.replace(tmp, path)
     for old in path.parent.glob(f"{_PREFIX}*.npz"):

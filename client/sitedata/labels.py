@@ -5,8 +5,11 @@ labels.csv has a key column, `SOPInstanceUID` (preferred when both are present: 
 matched by their tags, never by where they lie) or `path` (relative to the site folder,
 POSIX separators), and a `label` column holding a class name or an integer index into the
 class list. Header names match case-insensitively; comma, semicolon and tab separated
-files are read (spreadsheets export all three). Rows are numbered as a spreadsheet shows
-them: the header is row 1.
+files are read (spreadsheets export all three). The file is UTF-8 (with or without a
+byte-order mark) or UTF-16 with its byte-order mark (a spreadsheet's "Unicode text");
+anything else is refused in one line naming the file, never guessed: a wrong guess would
+silently turn a class name into another. Rows are numbered as a spreadsheet shows them:
+the header is row 1.
 """
 
 from __future__ import annotations
@@ -57,16 +60,41 @@ def normalise_relpath(text: str) -> str:
     return "/".join(parts)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise ValueError(f"{path}: cannot be read (permission denied); let this user read it") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder; expected a CSV file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
+    elif b"\x00" in raw[:200]:
+        raise ValueError(f"{path}: looks like UTF-16 text without a byte-order mark; save it as "
+                         "UTF-8 (\"CSV UTF-8\" in a spreadsheet)")
+    else:
+        # utf-8-sig drops the byte-order mark spreadsheet programs put first.
+        encoding = "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text (byte "
+            f"0x{raw[exc.start]:02x} at offset {exc.start}, e.g. Latin-1 or Windows-1252); save "
+            "it as UTF-8 (\"CSV UTF-8\" in a spreadsheet)"
+        ) from None
+
+
 def read_labels_csv(path: str | os.PathLike[str]) -> LabelTable:
     """Read labels.csv.
 
-    Raises ValueError, naming the file and what was expected, when the file has no key
-    column or no label column.
+    Raises ValueError, naming the file and what was expected, when the file cannot be
+    read, is not UTF-8 / UTF-16 text, or has no key column or no label column.
     """
     path = Path(path)
-    # utf-8-sig drops the byte-order mark spreadsheet programs put first.
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
+    text = _read_text(path)
     first_line = text.splitlines()[0] if text.strip() else ""
     delimiter = ","
     if "," not in first_line:

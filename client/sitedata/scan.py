@@ -2,7 +2,7 @@
 
 Only headers are read (the pixel data is skipped, not decoded). A file is left out, with
 its reason counted in a `SkipReport`, when it is not DICOM, is cut short or corrupt,
-holds no single-frame image the pipeline accepts, lacks a SOPInstanceUID, repeats a
+holds no image the pipeline accepts, lacks a SOPInstanceUID, repeats a
 SOPInstanceUID already seen (the first file in path order is kept), or has no usable
 label. Rows of labels.csv whose key matches no file are counted too.
 
@@ -13,13 +13,15 @@ Layouts (see `fedmed.client.sitedata.labels`):
     taking its name as label.
 A folder with both uses labels.csv. A folder with neither is an error, not an empty site.
 Hidden files and folders (".DS_Store", ".git", ...) are ignored, as is the top-level
-labels.csv; any other file that is not DICOM is counted as "not a DICOM file".
+labels.csv; any other file that is not DICOM is counted as "not a DICOM file". A
+sub-folder that cannot be listed is counted too ("unreadable folder", under its relative
+path followed by "/"), so its files never disappear without a word.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,9 @@ from fedmed.client.imaging import UnusableImage, check_image_header, quiet_pydic
 from .labels import LABELS_FILE, LabelTable, read_labels_csv, resolve_label
 from .report import SkipReport
 
-__all__ = ["SiteFile", "patient_key", "scan_site"]
+__all__ = ["UNREADABLE_FOLDER", "SiteFile", "list_files", "patient_key", "scan_site"]
+
+UNREADABLE_FOLDER = "unreadable folder"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class SiteFile:
     sop_uid: str
     patient: str  # grouping key for the split: "patient:<PatientID>", "study:..." or "image:..."
     label: int  # index into the class list
+    modality: str = ""  # the header's Modality code ("" when absent)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class _Header:
     mtime_ns: int
     sop_uid: str
     patient: str
+    modality: str
 
 
 def scan_site(
@@ -59,11 +65,13 @@ def scan_site(
     classes: Sequence[str],
     *,
     exclude: Iterable[str | os.PathLike[str]] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[SiteFile], SkipReport]:
     """List a site folder's usable labelled images, in relative-path order.
 
     exclude: folders inside `data_dir` to leave alone (the site's own state folder when
         it lies inside the data folder).
+    progress: called as progress(done, total) while headers are read.
 
     Raises ValueError for a folder with neither labels.csv nor a class-named folder, and
     for a malformed labels.csv.
@@ -81,13 +89,17 @@ def scan_site(
             f"{root}: no labels: expected a {LABELS_FILE} or class-named folders "
             f"({', '.join(c + '/' for c in classes)})"
         )
-    relpaths = _walk(root, [Path(p).resolve() for p in exclude])
-
     report = SkipReport()
+    relpaths, unreadable = list_files(root, exclude)
+    for folder in unreadable:
+        report.add(folder, UNREADABLE_FOLDER)
+
     headers: list[_Header] = []
     read_uids: set[str] = set()
     kept_uids: set[str] = set()
-    for rel in relpaths:
+    for done, rel in enumerate(relpaths, start=1):
+        if progress is not None:
+            progress(done, len(relpaths))
         header = _read_header(root, rel, report, read_uids)
         if header is None:
             continue
@@ -109,17 +121,28 @@ def scan_site(
             report.add(header.relpath, label)
             continue
         files.append(SiteFile(header.relpath, header.size, header.mtime_ns, header.sop_uid,
-                              header.patient, label))
+                              header.patient, label, header.modality))
     return files, report
 
 
-def _walk(root: Path, exclude: list[Path]) -> list[str]:
+def list_files(root: Path, exclude: Iterable[str | os.PathLike[str]] = ()) -> tuple[list[str], list[str]]:
+    """(every candidate file below `root`, sorted; every sub-folder that could not be
+    listed, as "relative/path/"), both relative with POSIX separators."""
+    root = Path(root)
+    skip = [Path(p).resolve() for p in exclude]
+    unreadable: list[str] = []
+
+    def failed(error: OSError) -> None:
+        where = Path(error.filename or root)
+        rel = where.relative_to(root).as_posix() if where != root else "."
+        unreadable.append(rel + "/")
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=failed):
         here = Path(dirpath)
         dirnames[:] = [
             d for d in dirnames
-            if not d.startswith(".") and d != "__MACOSX" and (here / d).resolve() not in exclude
+            if not d.startswith(".") and d != "__MACOSX" and (here / d).resolve() not in skip
         ]
         for name in filenames:
             if name.startswith("."):
@@ -127,7 +150,7 @@ def _walk(root: Path, exclude: list[Path]) -> list[str]:
             rel = (here / name).relative_to(root).as_posix()
             if rel != LABELS_FILE:
                 found.append(rel)
-    return sorted(found)
+    return sorted(found), sorted(unreadable)
 
 
 def _read_header(root: Path, rel: str, report: SkipReport, read_uids: set[str]) -> _Header | None:
@@ -149,6 +172,7 @@ def _read_header(root: Path, rel: str, report: SkipReport, read_uids: set[str]) 
             if not sop_uid:
                 raise UnusableImage("no SOPInstanceUID")
             patient = patient_key(ds, sop_uid)
+            modality = str(ds.get("Modality") or "").strip().upper()
         stat = path.stat()
     except UnusableImage as e:
         report.add(rel, e.reason)
@@ -156,7 +180,7 @@ def _read_header(root: Path, rel: str, report: SkipReport, read_uids: set[str]) 
     except OSError:
         report.add(rel, "unreadable file")
         return None
-    return _Header(rel, stat.st_size, stat.st_mtime_ns, sop_uid, patient)
+    return _Header(rel, stat.st_size, stat.st_mtime_ns, sop_uid, patient, modality)
 
 
 def _sop_uid(ds: Dataset) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmed.client.imaging import UnusableImage, load_image
+from fedmed.client.imaging import UnusableImage, load_images
 from fedmed.common.settings import ImageSettings
 
 from .cache import CachedImages, cache_key, load_cached, save_cached
@@ -24,7 +24,9 @@ from .report import SkipReport
 from .scan import SiteFile, scan_site
 from .split import split_by_patient
 
-__all__ = ["SiteData", "data_fingerprint", "load_dicom_site"]
+__all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "load_dicom_site", "patient_fingerprint"]
+
+OTHER_MODALITY = "modality not in the run's list"
 
 
 @dataclass
@@ -33,6 +35,10 @@ class SiteData:
 
     fingerprint: sha256 hex identifying the site's data set (see `data_fingerprint`),
         for the site's privacy ledger.
+    train_patients: the patient of each training image (stays at the site), for
+        per-patient DP; None where the data has no patients.
+    patient_fingerprint: sha256 hex over the site's patients (`patient_fingerprint`), the
+        ledger's data set when the privacy unit is the patient.
     """
 
     classes: tuple[str, ...]
@@ -43,6 +49,8 @@ class SiteData:
     num_patients: dict[str, int]  # {"train": .., "val": ..}
     skipped: SkipReport
     fingerprint: str
+    train_patients: np.ndarray | None = None
+    patient_fingerprint: str | None = None
 
 
 def load_dicom_site(
@@ -87,20 +95,39 @@ def load_dicom_site(
         counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.counts.items()))
         raise ValueError(f"{root}: no usable labelled image (skipped: {counts or 'none'})")
 
-    labels = np.asarray([f.label for f in usable], dtype=np.int64)
-    train, val = split_by_patient([f.patient for f in usable], val_fraction, seed)
+    # The fingerprint names every usable image, before the run's modality list picks some:
+    # a run's choice never makes the same images another data set with a fresh budget.
+    fingerprint = data_fingerprint(usable)
+    counts = list(cached.counts)
+    if settings.modalities:
+        for i, f in enumerate(files):
+            if counts[i] and f.modality not in settings.modalities:
+                skipped.add(f.relpath, OTHER_MODALITY)
+                counts[i] = 0
+        if not any(counts):
+            raise ValueError(f"{root}: no labelled image of the run's modalities "
+                             f"{', '.join(settings.modalities)} (skipped: {skipped.counts.get(OTHER_MODALITY, 0)} "
+                             "of another modality)")
+    # One entry per image: a multi-frame file under the "all" policy repeats its label and
+    # its patient, so all its frames fall on the same side of the split.
+    per_image = [f for f, n in zip(files, counts) for _ in range(n)]
+    images = cached.images[np.repeat([c > 0 for c in counts], cached.counts)]
+    labels = np.asarray([f.label for f in per_image], dtype=np.int64)
+    train, val = split_by_patient([f.patient for f in per_image], val_fraction, seed)
     return SiteData(
         classes=classes,
-        train_x=cached.images[train],
+        train_x=images[train],
         train_y=labels[train],
-        val_x=cached.images[val],
+        val_x=images[val],
         val_y=labels[val],
         num_patients={
-            "train": len({usable[i].patient for i in train}),
-            "val": len({usable[i].patient for i in val}),
+            "train": len({per_image[i].patient for i in train}),
+            "val": len({per_image[i].patient for i in val}),
         },
         skipped=skipped,
-        fingerprint=data_fingerprint(usable),
+        fingerprint=fingerprint,
+        train_patients=np.asarray([per_image[i].patient for i in train], dtype=object),
+        patient_fingerprint=patient_fingerprint(usable),
     )
 
 
@@ -110,23 +137,29 @@ def _decode_all(
     settings: ImageSettings,
     progress: Callable[[int, int], None] | None,
 ) -> CachedImages:
-    images = np.empty((len(files), 1, settings.size, settings.size), dtype=np.float32)
-    reasons = []
-    kept = 0
+    decoded: list[np.ndarray] = []
+    reasons: list[str] = []
+    counts: list[int] = []
     for done, f in enumerate(files, start=1):
         try:
-            x, _ = load_image(root / f.relpath, settings)
+            x, _ = load_images(root / f.relpath, settings)
         except UnusableImage as e:
             reasons.append(e.reason)
+            counts.append(0)
         except OSError:
             reasons.append("unreadable file")
+            counts.append(0)
         else:
-            images[kept, 0] = x
-            kept += 1
+            decoded.append(x)
             reasons.append("")
+            counts.append(len(x))
         if progress is not None:
             progress(done, len(files))
-    return CachedImages(images[:kept].copy(), reasons)
+    if decoded:
+        images = np.concatenate(decoded)[:, None]
+    else:
+        images = np.empty((0, 1, settings.size, settings.size), dtype=np.float32)
+    return CachedImages(np.ascontiguousarray(images, dtype=np.float32), reasons, counts)
 
 
 def data_fingerprint(files: Sequence[SiteFile]) -> str:
@@ -138,3 +171,12 @@ def data_fingerprint(files: Sequence[SiteFile]) -> str:
     a site's budget. Stays at the site."""
     uids = sorted(f.sop_uid for f in files)
     return hashlib.sha256(json.dumps(uids).encode()).hexdigest()
+
+
+def patient_fingerprint(files: Sequence[SiteFile]) -> str:
+    """sha256 hex over the sorted patients of every usable image at the site. With the
+    patient as privacy unit the ledger is spent on patients: new images of the same
+    patients leave it unchanged (their budget carries on), a new patient makes a new data
+    set. Stays at the site."""
+    patients = sorted({str(f.patient) for f in files})
+    return hashlib.sha256(json.dumps(["patients", patients]).encode()).hexdigest()

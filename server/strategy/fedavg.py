@@ -10,7 +10,9 @@ going when every site failed. This subclass adds what a coordinator needs:
   declined the run's app) carry no weights; they are recorded and left out instead of
   breaking the aggregation;
 - every update is checked before it is averaged (`update_checks`): a non-finite,
-  misshapen or implausibly large one is left out of that round and its site named;
+  misshapen or implausibly large one is left out of that round and its site named; so
+  is a reply whose example count is not a plausible whole number (`reply_checks`), in
+  training and in evaluation; the average itself is checked finite before it is kept;
 - per-site metrics are handed to `on_train` / `on_evaluate` observers, keyed by the
   names the sites give themselves, and audit events (sites joining and leaving, who
   contributed to each round, rejected updates) to `on_event`;
@@ -25,6 +27,7 @@ going when every site failed. This subclass adds what a coordinator needs:
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,8 +38,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, SiteStatus
-from fedmed.server.strategy.update_checks import UpdateLimits, check_update
+from fedmed.common.metrics import aggregate_sites, evaluation_round
+from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
+from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
+from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
 
 REJECTED = "rejected"  # status the coordinator gives an update it refused to average
 # How often the first round looks for sites still to connect: the round starts within
@@ -123,9 +128,13 @@ class SiteAwareFedAvg(FedAvg):
         self.join_timeout = join_timeout
         self._joined = False
         self._present: set[int] = set()
+        self._unnamed: dict[int, int] = {}  # node ID -> round it joined, until a reply names it
         self._global: ArrayRecord | None = None
         self._sampled: set[int] = set()
         self._sent: list[Message] = []
+        # Example counts each site declared this run, for training and for evaluation.
+        self.counts = {"train": DeclaredCounts(self.limits.max_example_ratio),
+                       "evaluate": DeclaredCounts(self.limits.max_example_ratio, holds_to_declaration=False)}
 
     # --- state a resumed run needs ------------------------------------------------
     # Server-side optimiser moments of adaptive subclasses (Flower's FedOpt family).
@@ -141,9 +150,13 @@ class SiteAwareFedAvg(FedAvg):
         moments = {name: {k: torch.from_numpy(np.array(v)) for k, v in getattr(self, name).items()}
                    for name in self._MOMENTS if getattr(self, name, None)}
         return {"node_names": {str(k): v for k, v in self.node_names.items()},
-                "limits": self.limits.to_dict(), "moments": moments}
+                "limits": self.limits.to_dict(), "moments": moments,
+                "declared_examples": {stage: c.to_dict() for stage, c in self.counts.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        for stage, declared in (state.get("declared_examples") or {}).items():
+            if stage in self.counts:
+                self.counts[stage].load(declared)
         for node_id, name in (state.get("node_names") or {}).items():
             self.node_names.setdefault(int(node_id), str(name))
         for name, values in (state.get("moments") or {}).items():
@@ -162,9 +175,14 @@ class SiteAwareFedAvg(FedAvg):
         """Record sites joining and leaving between rounds (as the SuperLink sees them)."""
         now = set(grid.get_node_ids())
         for node_id in sorted(now - self._present):
-            self._event("site-joined", site=self._name(node_id), node_id=node_id, round=server_round)
+            if node_id in self.node_names:
+                self._event("site-joined", site=self._name(node_id), node_id=node_id, round=server_round)
+            else:  # not enrolled by name (--insecure): announced once its first reply names it
+                self._unnamed[node_id] = server_round
         for node_id in sorted(self._present - now):
-            self._event("site-left", site=self._name(node_id), node_id=node_id, round=server_round)
+            self._unnamed.pop(node_id, None)
+            self._event("site-left", site=self.node_names.get(node_id, "(unnamed)"), node_id=node_id,
+                        round=server_round)
         self._present = now
 
     def _wait_for_enrolled(self, grid: Grid, server_round: int) -> None:
@@ -218,12 +236,43 @@ class SiteAwareFedAvg(FedAvg):
                 reply.site = enrolled
             elif not msg.has_error() and not reply.site.startswith("node-"):
                 self.node_names.setdefault(node_id, reply.site)
+                if node_id in self._unnamed:
+                    self._event("site-joined", site=self.node_names[node_id], node_id=node_id,
+                                round=self._unnamed.pop(node_id))
             read.append((msg, reply))
         read.sort(key=lambda pair: pair[1].site)
         return read
 
+    def _screen_counts(self, server_round: int, stage: str, read: list[tuple[Message | None, SiteReply]]) -> None:
+        """Mark rejected the "ok" replies whose example count fails `reply_checks`; the
+        untrusted count is dropped so that nothing downstream uses it."""
+        ok = [reply for _, reply in read if reply.status == SiteStatus.OK.value
+              and not (stage == "evaluate" and _reports_nothing(reply.metrics))]
+        for _, reply in read:
+            if reply.status != SiteStatus.OK.value and count_problem(reply.metrics.get(WEIGHT_KEY)):
+                reply.metrics.pop(WEIGHT_KEY, None)  # a declined or failed site's count means nothing
+        refused = self.counts[stage].screen({r.site: r.metrics.get(WEIGHT_KEY) for r in ok})
+        for reply in ok:
+            if (problem := refused.get(reply.site)) is None:
+                continue
+            reply.metrics.pop(WEIGHT_KEY, None)
+            if stage == "train":
+                self._reject(server_round, reply, problem)
+            else:
+                reply.status, reply.reason = REJECTED, f"reply-rejected:{problem}"
+                print(f"[fedmed coordinator] round {server_round}: evaluation from site {reply.site} "
+                      f"rejected ({problem}); left out of this round", file=sys.stderr, flush=True)
+                self._event("reply-rejected", round=server_round, site=reply.site, stage=stage, reason=problem)
+
+    def _reject(self, server_round: int, reply: SiteReply, problem: str) -> None:
+        reply.status, reply.reason = REJECTED, f"update-rejected:{problem}"
+        print(f"[fedmed coordinator] round {server_round}: update from site {reply.site} "
+              f"rejected ({problem}); left out of this round", file=sys.stderr, flush=True)
+        self._event("update-rejected", round=server_round, site=reply.site, reason=problem)
+
     def _screen(self, server_round: int, read: list[tuple[Message | None, SiteReply]]) -> list[Message]:
         """The replies whose updates pass the checks; the others are marked rejected."""
+        self._screen_counts(server_round, "train", read)
         accepted = []
         for msg, reply in read:
             if reply.status != SiteStatus.OK.value:
@@ -237,10 +286,7 @@ class SiteAwareFedAvg(FedAvg):
             if problem is None:
                 accepted.append(msg)
                 continue
-            reply.status, reply.reason = REJECTED, f"update-rejected:{problem}"
-            print(f"[fedmed coordinator] round {server_round}: update from site {reply.site} "
-                  f"rejected ({problem}); left out of this round", file=sys.stderr, flush=True)
-            self._event("update-rejected", round=server_round, site=reply.site, reason=problem)
+            self._reject(server_round, reply, problem)
         return accepted
 
     # --- Flower hooks -----------------------------------------------------------------
@@ -278,6 +324,14 @@ class SiteAwareFedAvg(FedAvg):
         usable = self._screen(server_round, read)
         recorded = [reply for _, reply in read]
         arrays, metrics = super().aggregate_train(server_round, usable) if usable else (None, None)
+        if arrays is not None and (bad := non_finite(arrays)) is not None:
+            # Every input passed the checks, so this should not happen; a non-finite
+            # model must still never be saved or sent to the sites.
+            contributors = ", ".join(r.site for r in recorded if r.status == SiteStatus.OK.value)
+            self._event("round-failed", round=server_round, reason=f"aggregate-non-finite:{bad}",
+                        contributors=contributors.split(", "))
+            raise FederationStopped(f"round {server_round}: the average of {contributors} is not finite "
+                                    f"({bad}); the model was not saved")
         left_out = {r.site: _describe(r) for r in recorded if r.status != SiteStatus.OK.value}
         for reply in recorded:
             if reply.status == SiteStatus.DECLINED.value:
@@ -299,12 +353,33 @@ class SiteAwareFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate as FedAvg does; hand per-site metrics to the observer."""
+        """Derive every site's metrics from its score histograms at the round's pooled
+        operating threshold (`fedmed.common.metrics.evaluation_round`); hand them to the
+        observer; return the pooled metrics (or, without histograms, the example-weighted
+        means)."""
         server_round += self.round_offset
         read = self._read(replies)
+        self._screen_counts(server_round, "evaluate", read)
         usable = [m for m, r in read if r.status == SiteStatus.OK.value]
         recorded = [reply for _, reply in read]
-        metrics = super().aggregate_evaluate(server_round, usable) if usable else None
+        ok = {r.site: r.metrics for r in recorded if r.status == SiteStatus.OK.value}
+        per_site, pooled = evaluation_round(ok)
+        for reply in recorded:
+            if reply.site in per_site:
+                reply.metrics.update(per_site[reply.site])
         if self.on_evaluate is not None:
             self.on_evaluate(server_round, recorded, None)
-        return metrics
+        if pooled is not None:
+            return MetricRecord({k: float(v) for k, v in pooled.items() if isinstance(v, (int, float))})
+        scalars = {site: {"num_examples": m.get("num-examples", 0),
+                          **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+                   for site, m in ok.items()}
+        return MetricRecord(aggregate_sites(scalars)) if scalars else None
+
+
+def _reports_nothing(metrics: dict[str, Any]) -> bool:
+    """An evaluation a site withheld (a DP task with more than two classes, an empty
+    held-out split): count 0 and no finite value, so nothing in it can weigh anything."""
+    return metrics.get(WEIGHT_KEY) == 0 and not any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in metrics.items() if k not in (WEIGHT_KEY, "dp_metrics", "eval_seconds"))

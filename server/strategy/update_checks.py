@@ -13,11 +13,13 @@ mean) would narrow that; it is out of scope here, see docs/security.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
+
+from fedmed.server.strategy.reply_checks import DEFAULT_MAX_EXAMPLE_RATIO
 
 DEFAULT_MAX_UPDATE_RATIO = 50.0
 
@@ -35,17 +37,26 @@ class UpdateLimits:
     """
 
     max_update_ratio: float = DEFAULT_MAX_UPDATE_RATIO
+    # How many times the median of the other sites' example counts a site may claim
+    # (`reply_checks.py`).
+    max_example_ratio: float = DEFAULT_MAX_EXAMPLE_RATIO
+    # Weights the sites must return exactly as sent (a run with --freeze): an honest
+    # site's optimizer never touches them, so any change is refused.
+    frozen: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not (self.max_update_ratio > 0 and np.isfinite(self.max_update_ratio)):
             raise ValueError(f"--max-update-ratio: expected a positive number, got {self.max_update_ratio}")
+        if not (self.max_example_ratio >= 1 and np.isfinite(self.max_example_ratio)):
+            raise ValueError(f"--max-example-ratio: expected a number >= 1, got {self.max_example_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_update_ratio": self.max_update_ratio}
+        # `frozen` follows from the run's --freeze, which config.json records itself.
+        return {"max_update_ratio": self.max_update_ratio, "max_example_ratio": self.max_example_ratio}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "UpdateLimits":
-        return cls(**{k: float(v) for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
+        return cls(**{k: float(v) for k, v in (d or {}).items() if k == "max_update_ratio"})
 
 
 def _as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -75,6 +86,8 @@ def check_update(update: ArrayRecord, global_arrays: ArrayRecord, limits: Update
             continue
         if not np.all(np.isfinite(arr)):
             return f"non-finite:{key}"
+        if key in limits.frozen and not np.array_equal(arr, ref):
+            return f"frozen-changed:{key}"
         diff = arr.astype(np.float64) - ref.astype(np.float64)
         delta_sq += float(np.dot(diff.ravel(), diff.ravel()))
         global_sq += float(np.dot(ref.astype(np.float64).ravel(), ref.astype(np.float64).ravel()))
@@ -83,4 +96,12 @@ def check_update(update: ArrayRecord, global_arrays: ArrayRecord, limits: Update
     ratio = np.sqrt(delta_sq) / max(np.sqrt(global_sq), 1.0)
     if ratio > limits.max_update_ratio:
         return f"too-large:ratio={ratio:.3g}>{limits.max_update_ratio:g}"
+    return None
+
+
+def non_finite(arrays: ArrayRecord) -> str | None:
+    """The name of the first floating-point tensor with a NaN or infinity, or None."""
+    for key, array in _as_numpy(arrays).items():
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            return key
     return None

@@ -1,0 +1,54 @@
+"""The coordinator's record of an evaluation round: metrics derived from the sites' score
+histograms, the pooled operating threshold, and the threshold in the checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import ArrayRecord
+
+from fedmed.common.checkpoint import load_checkpoint
+from fedmed.common.federation import FederationConfig
+from fedmed.common.metrics import evaluation_round, histogram_key
+from fedmed.common.models import build_model
+from fedmed.common.settings import ImageSettings
+from fedmed.server.outputs import FINAL_MODEL, METRICS_FILE, RunRecorder
+from fedmed.server.strategy.fedavg import SiteReply
+
+
+def _histograms(shift: int) -> dict:
+    neg, pos = [0.0] * 20, [0.0] * 20
+    neg[3 + shift], neg[6] = 30.0, 10.0
+    pos[12], pos[16 - shift] = 8.0, 22.0
+    return {histogram_key(0): neg, histogram_key(1): pos}
+
+
+def test_round_record_has_the_contract_fields_and_checkpoints_carry_the_threshold(tmp_path):
+    config = FederationConfig(rounds=1, image=ImageSettings(size=28))
+    recorder = RunRecorder(tmp_path, config)
+    arrays = ArrayRecord(build_model(config.model, 2, 28).state_dict())
+    recorder.on_train(1, [SiteReply("A", "ok", "", {"num-examples": 64, "epsilon": 1.2, "dp": 1})], arrays)
+    replies = [SiteReply(name, "ok", "", {"num-examples": 70, "accuracy": 0.1, "eval_seconds": 0.2,
+                                          "dp_metrics": 1, "epsilon": 1.3, **_histograms(shift)})
+               for name, shift in (("A", 0), ("B", 1))]
+    per_site, pooled = evaluation_round({r.site: r.metrics for r in replies})
+    for reply in replies:  # what SiteAwareFedAvg.aggregate_evaluate hands the observer
+        reply.metrics.update(per_site[reply.site])
+    recorder.on_evaluate(1, replies, None)
+    recorder.finish("completed")
+
+    (row,) = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    site = row["sites"]["A"]
+    assert site["accuracy"] != 0.1  # derived by the coordinator, not the site's own number
+    assert site["epsilon"] == pytest.approx(1.3) and site["dp_metrics"] is True
+    for key in ("balanced_accuracy", "confusion", "roc", "auc", "sensitivity", "specificity"):
+        assert key in site, key
+    assert site["roc"]["fpr"][0] == 0 and site["roc"]["fpr"][-1] == 1
+    aggregate = row["aggregate"]
+    assert aggregate["threshold"] == pytest.approx(pooled["threshold"])
+    assert aggregate["balanced_accuracy"] == pytest.approx(1.0)
+    assert aggregate["confusion"] == [[80.0, 0.0], [0.0, 60.0]]
+    assert load_checkpoint(tmp_path / "checkpoints" / "round-001.pt")["threshold"] == pytest.approx(
+        pooled["threshold"])
+    assert load_checkpoint(tmp_path / FINAL_MODEL)["threshold"] == pytest.approx(pooled["threshold"])
