@@ -81,9 +81,11 @@ def _toml_string(value: str, flag: str) -> str:
     return f"'{value}'"
 
 
-def _toml_value(value: object) -> str:
+def _toml_value(value: object, key: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):  # the privacy unit, --new-ledger's reason
+        return _toml_string(value, key)
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
@@ -94,7 +96,7 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
         f"site={_toml_string(options.site, '--site')}",
         f"data-dir={_toml_string(str(Path(options.data_dir).resolve()), '--data')}",
         f"state-dir={_toml_string(str(state_dir), '--state')}",
-        *(f"{key}={_toml_value(value)}" for key, value in options.privacy.to_node_config().items()),
+        *(f"{key}={_toml_value(value, key)}" for key, value in options.privacy.to_node_config().items()),
     ])
     # Flower's SuperNode, started through fedmed's request pacing (`fleet_polling`).
     cmd = [*fleet_polling.command(signal_path(state_dir)), "--superlink", options.server,
