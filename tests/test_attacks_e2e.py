@@ -174,8 +174,11 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
 
         # 2. A local user at site B, without the secret (or with a wrong one), tries to
         #    take B's tasks from its SuperNode's Runtime API; the port is in `ps`.
-        assert wait_for(lambda: _child(sites["B"], "flower-supernode") is not None, 60)
-        _, cmd = _child(sites["B"], "flower-supernode")
+        #    (The SuperNode runs as `python -m fedmed.client.fleet_polling ... -- <Flower's
+        #    flags>`; its Runtime flags are what `ps` shows.)
+        supernode = "--superexec-auth-secret-file"
+        assert wait_for(lambda: _child(sites["B"], supernode) is not None, 60)
+        _, cmd = _child(sites["B"], supernode)
         runtime_port = int(cmd[cmd.index("--port") + 1])
         secret_file = Path(cmd[cmd.index("--superexec-auth-secret-file") + 1])
         assert secret_file.stat().st_mode & 0o777 == 0o600
