@@ -64,6 +64,14 @@ def _child(process: subprocess.Popen, marker: str) -> tuple[int, list[str]] | No
     return None
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -183,6 +191,7 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
         secret_file = Path(cmd[cmd.index("--superexec-auth-secret-file") + 1])
         assert secret_file.stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "state" / "B").stat().st_mode & 0o777 == 0o700
+        assert wait_for(lambda: _accepts(runtime_port), 60)  # the process exists before its API listens
         assert _acquire_without_the_secret(runtime_port, None) == 401
         assert _acquire_without_the_secret(runtime_port, b"a guess" * 5) == 401
 
