@@ -34,9 +34,8 @@ import httpx
 import pytest
 
 from fedmed.common.certs import init_federation, make_site_keys
-from fedmed.common.processes import free_port
 from fedmed.server.audit import read_audit, verify_chain
-from process_tree import descendants, start, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from process_tree import descendants, start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +61,6 @@ def _child(process: subprocess.Popen, marker: str) -> tuple[int, list[str]] | No
         if any(marker in part for part in cmd):
             return pid, cmd
     return None
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _rss_kib(pid: int) -> int:
@@ -109,6 +100,14 @@ def _inject_instruction(port: int, ca: Path, key: Path, sender: int, victim: int
     with httpx.Client(verify=ssl.create_default_context(cafile=str(ca))) as client:
         return client.post(f"https://127.0.0.1:{port}/v1/fleet/push-messages", content=body,
                            headers=_signed_by(key))
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _acquire_without_the_secret(runtime_port: int, secret: bytes | None) -> int:
@@ -151,10 +150,10 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
     for site in ("A", "B", "D"):
         make_site_keys(site, tmp_path / f"certs-{site}", co / "ca.crt")
         shutil.copy(tmp_path / f"certs-{site}" / f"{site}.pub", keys)
-    port = free_port()
     run_dir = tmp_path / "run"
-    server = start(fedmed_cmd + [
-        "server", "start", "--certs", str(co), "--sites-dir", str(keys), "--address", f"127.0.0.1:{port}",
+    # Port 0: the coordinator picks a free port itself (retrying a clash) and prints it.
+    server, port = start_coordinator(fedmed_cmd + [
+        "server", "start", "--certs", str(co), "--sites-dir", str(keys), "--address", "127.0.0.1:0",
         "--rounds", "3", "--min-sites", "2", "--out", str(run_dir), "--round-timeout", "120",
         "--image-size", "32", "--batch-size", "16"], tmp_path / "server.log")
 
@@ -183,15 +182,16 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
         # 2. A local user at site B, without the secret (or with a wrong one), tries to
         #    take B's tasks from its SuperNode's Runtime API; the port is in `ps`.
         #    (The SuperNode runs as `python -m fedmed.client.fleet_polling ... -- <Flower's
-        #    flags>`; its Runtime flags are what `ps` shows.)
+        #    flags>`; its Runtime flag is what `ps` shows.)
         supernode = "--superexec-auth-secret-file"
         assert wait_for(lambda: _child(sites["B"], supernode) is not None, 60)
         _, cmd = _child(sites["B"], supernode)
         runtime_port = int(cmd[cmd.index("--port") + 1])
+        # The SuperNode's process shows in `ps` before its Runtime API listens.
+        assert wait_for(lambda: _listening(runtime_port), 120)
         secret_file = Path(cmd[cmd.index("--superexec-auth-secret-file") + 1])
         assert secret_file.stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "state" / "B").stat().st_mode & 0o777 == 0o700
-        assert wait_for(lambda: _accepts(runtime_port), 60)  # the process exists before its API listens
         assert _acquire_without_the_secret(runtime_port, None) == 401
         assert _acquire_without_the_secret(runtime_port, b"a guess" * 5) == 401
 
@@ -219,10 +219,12 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
     forged = [e for e in audit if e["event"] == "fleet-refused"]
     assert forged and all(e["site"] == "A" and e["node_id"] == nodes["A"] for e in forged)
     assert {e["reason"] for e in forged} == {"push-not-a-reply"}
-    from fedmed.client.privacy.ledger import PrivacyLedger
+    from fedmed.client.privacy.ledger import DP_SGD, GAUSSIAN, PrivacyLedger
 
     ledger = PrivacyLedger.audit(tmp_path / "state" / "B")
-    assert sorted(e.round for e in ledger.entries) == [1, 2, 3]
+    # One training row and one evaluation release per round of the real run, nothing else.
+    assert sorted(e.round for e in ledger.entries if e.mechanism == DP_SGD) == [1, 2, 3]
+    assert sorted(e.round for e in ledger.entries if e.mechanism == GAUSSIAN) == [1, 2, 3]
     assert {str(e.run) for e in ledger.entries} == {str(run_id)}
 
     # The lying counts: every one of D's replies left out and named; A and B carried
