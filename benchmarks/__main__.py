@@ -12,7 +12,8 @@ puts it) makes this one win.
 
 Sections: utility (real-data accuracy, federated and DP), dp (DP-SGD step cost), overhead
 (round overhead, simulation and deployment, bytes per round), scale (3/10/30 sites), data
-(DICOM decode throughput). A section that fails is reported as failed and the others
+(DICOM decode throughput), speed (fedmed's deployment against Flower's simulation on one
+task in one sitting: round time, start-up, memory, request rates). A section that fails is reported as failed and the others
 still run; the exit code is then 1.
 """
 
@@ -35,7 +36,7 @@ from benchmarks import machine, report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-SECTIONS = ("utility", "dp", "overhead", "scale", "data")
+SECTIONS = ("utility", "dp", "overhead", "scale", "data", "speed")
 RESULTS = Path(report.PLOTS) / "results.json"
 
 
@@ -53,6 +54,9 @@ def _section_runner(name: str, work: Path, smoke: bool, results: dict[str, Any])
     if name == "scale":
         from benchmarks import scale
         return lambda: scale.run(work / "scale", smoke)
+    if name == "speed":
+        from benchmarks import deployment_speed
+        return lambda: deployment_speed.run(work / "speed", smoke)
     from benchmarks import data_throughput
     return lambda: data_throughput.run(work / "data", smoke)
 

@@ -28,6 +28,7 @@ from fedmed.common.processes import free_port, start, stop
 from benchmarks.proctree import TreeMemory
 
 _CHUNK = 1 << 16
+_REQUEST = b"POST /v1/fleet/"
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Relay:
     up: int = 0      # site -> coordinator
     down: int = 0    # coordinator -> site
     connections: int = 0
+    requests: int = 0  # Fleet API requests (HTTP request lines going up)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -65,14 +67,20 @@ class Relay:
             threading.Thread(target=self._pump, args=(upstream, client, "down"), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        tail = b""
         try:
             while True:
                 data = src.recv(_CHUNK)
                 if not data:
                     break
                 dst.sendall(data)
+                # Plain HTTP (--insecure): a request line may straddle two reads.
+                seen = tail + data
+                tail = seen[-(len(_REQUEST) - 1):]
                 with self._lock:
                     setattr(self, direction, getattr(self, direction) + len(data))
+                    if direction == "up":
+                        self.requests += seen.count(_REQUEST)
         except OSError:
             pass
         finally:
@@ -86,6 +94,10 @@ class Relay:
         with self._lock:
             return self.up, self.down
 
+    def request_count(self) -> int:
+        with self._lock:
+            return self.requests
+
     def close(self) -> None:
         self._closed = True
         self._server.close()
@@ -96,8 +108,8 @@ def _fedmed_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fedmed.cli.main"]
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return start(cmd, open(log, "wb"), dict(os.environ))
+def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return start(cmd, open(log, "wb"), {**os.environ, **(env or {})})
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -107,40 +119,46 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def run(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
-        batch_size: int, timeout: float, attempts: int = 3) -> dict[str, Any]:
+        batch_size: int, timeout: float, extra: list[str] | None = None,
+        site_env: dict[str, str] | None = None, attempts: int = 3) -> dict[str, Any]:
     """Run the federation; return per-round timings, bytes per site and memory.
 
     The coordinator's port is picked before the coordinator binds it; if something took
     it meanwhile, the whole federation is started again on another port."""
     for _ in range(attempts):
-        result = _run_once(data_root, sites, work, rounds, image_size, batch_size, timeout, free_port())
+        result = _run_once(data_root, sites, work, rounds, image_size, batch_size, timeout, free_port(),
+                           extra, site_env)
         if not result.pop("port_clash"):
             break
     return result
 
 
 def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, image_size: int,
-              batch_size: int, timeout: float, port: int) -> dict[str, Any]:
+              batch_size: int, timeout: float, port: int, extra: list[str] | None = None,
+              site_env: dict[str, str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
+    # A run in a used folder: its rows must not be taken for this run's.
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     relays = {site: Relay(("127.0.0.1", port)) for site in sites}
     fedmed = _fedmed_cmd()
     started = time.perf_counter()
     boundaries: list[dict[str, Any]] = []
     load_before = os.getloadavg()[0]
-    with TreeMemory() as memory:
+    # The processes this starts (coordinator and sites), not this process and its relays.
+    with TreeMemory(include_root=False) as memory:
         server = _start(fedmed + [
             "server", "start", "--insecure", "--address", f"127.0.0.1:{port}",
             "--rounds", str(rounds), "--min-sites", str(len(sites)), "--out", str(run_dir),
             "--image-size", str(image_size), "--batch-size", str(batch_size),
-            "--round-timeout", "300", "--seed", "0",
+            "--round-timeout", "300", "--seed", "0", *(extra or []),
         ], work / "server.log")
         clients = [
             _start(fedmed + [
                 "client", "--site", site, "--data", str(data_root / site),
                 "--server", f"127.0.0.1:{relays[site].port}", "--state", str(work / "state" / site),
                 "--insecure", "--no-dp",
-            ], work / f"client-{site}.log")
+            ], work / f"client-{site}.log", site_env)
             for site in sites
         ]
         code = None
@@ -150,7 +168,9 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
                 rows = _rows(run_dir / "metrics.jsonl")
                 while len(boundaries) < len(rows):
                     boundaries.append({"t": time.perf_counter() - started,
-                                       "bytes": {s: relays[s].counts() for s in sites}})
+                                       "bytes": {s: relays[s].counts() for s in sites},
+                                       "requests": {s: relays[s].request_count() for s in sites},
+                                       "cpu_s": memory.cpu_seconds()})
                 code = server.poll()
                 if code is not None:
                     break
@@ -164,6 +184,7 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
     rows = _rows(run_dir / "metrics.jsonl")
     per_round = []
     previous = {s: (0, 0) for s in sites}
+    previous_requests = {s: 0 for s in sites}
     for row, mark in zip(rows, boundaries):
         per_round.append({
             "round": row["round"],
@@ -173,8 +194,10 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
             "status": {k: v.get("status", "?") for k, v in row["sites"].items()},
             "bytes_up": {s: mark["bytes"][s][0] - previous[s][0] for s in sites},
             "bytes_down": {s: mark["bytes"][s][1] - previous[s][1] for s in sites},
+            "requests": {s: mark["requests"][s] - previous_requests[s] for s in sites},
+            "cpu_s": mark["cpu_s"],
         })
-        previous = mark["bytes"]
+        previous, previous_requests = mark["bytes"], mark["requests"]
     log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""
     return {
         "port_clash": code not in (0, None) and not rows and "already in use" in log_tail,

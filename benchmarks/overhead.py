@@ -143,6 +143,8 @@ def run(work: Path, smoke: bool, utility: dict[str, Any] | None = None) -> dict[
     floor = model_bytes(config.model, IMAGE_SIZE)
     measured = _deployment_bytes(dep["rounds"])
     return {
+        # The deployment ran with fedmed's request pacing (`client/fleet_polling.py`, `server/fast_grid.py`).
+        "paced": True,
         "config": {"rounds": config.rounds, "batch": BATCH, "image": IMAGE_SIZE, "model": config.model,
                    "images_per_site": size["images_per_site"]},
         "rows": rows,

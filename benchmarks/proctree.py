@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _PROC = Path("/proc")
+_TICKS = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
 
@@ -66,10 +67,15 @@ def process_kind(pid: int) -> str:
         argv = (_PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return "gone"
-    first = argv[0].decode(errors="replace") if argv else ""
+    args = [a.decode(errors="replace") for a in argv if a]
+    first = args[0] if args else ""
     if first.startswith("ray::"):
         return first.split()[0]
-    return Path(first).name or "?"
+    name = Path(first).name or "?"
+    # A Python process is named for what it runs: its script or `-m` module.
+    if name.startswith("python") and len(args) > 1:
+        return args[2] if args[1] == "-m" and len(args) > 2 else Path(args[1]).name
+    return name
 
 
 @dataclass
@@ -78,12 +84,18 @@ class TreeMemory:
 
     root: int = field(default_factory=os.getpid)
     interval: float = 0.5
+    # False: only what `root` started (a benchmark measuring the processes it launches,
+    # not itself).
+    include_root: bool = True
     peak_rss: int = 0          # bytes, sum over the tree at its largest sample
     peak_pss: int = 0
     peak_processes: int = 0
     per_kind_peak_rss: dict[str, int] = field(default_factory=dict)  # largest single process
     per_kind_peak_pss: dict[str, int] = field(default_factory=dict)
     samples: int = 0
+    # CPU seconds (user + system) of every process seen, as last sampled: their sum is the
+    # tree's CPU use so far (a process's last 0.5 s before it exits can be missed).
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -92,6 +104,8 @@ class TreeMemory:
     def sample(self) -> None:
         rss = pss = 0
         pids = descendants(self.root)
+        if not self.include_root:
+            pids = [pid for pid in pids if pid != self.root]
         for pid in pids:
             base = _PROC / str(pid)
             r = _kib_field(base / "status", "VmRSS")
@@ -100,6 +114,11 @@ class TreeMemory:
             rss += r * 1024
             kind = process_kind(pid)
             self.per_kind_peak_rss[kind] = max(self.per_kind_peak_rss.get(kind, 0), r * 1024)
+            try:
+                fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
+                self.cpu_by_pid[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
+            except (OSError, IndexError, ValueError):
+                pass
             p = (_kib_field(base / "smaps_rollup", "Pss") or r) * 1024
             pss += p
             self.per_kind_peak_pss[kind] = max(self.per_kind_peak_pss.get(kind, 0), p)
@@ -123,8 +142,12 @@ class TreeMemory:
         if self._thread is not None:
             self._thread.join()
 
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_pid.values())
+
     def summary(self) -> dict:
         return {
+            "cpu_s": round(self.cpu_seconds(), 1),
             "peak_rss_mib": round(self.peak_rss / MIB, 1),
             "peak_pss_mib": round(self.peak_pss / MIB, 1),
             "peak_processes": self.peak_processes,

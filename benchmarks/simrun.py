@@ -60,6 +60,7 @@ class SimRun:
     # "status": {site: status}, "aggregate": {...}}
     rounds: list[dict[str, Any]] = field(default_factory=list)
     load_s: dict[str, float] | None = None  # per site, when timed (see `site_costs`)
+    cpu_marks: list[float] = field(default_factory=list)  # the tree's CPU seconds at each round's end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,8 +129,10 @@ def run(label: str, sites: list[Site], config: FederationConfig, run_dir: Path,
         Path(site.state_dir).mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    cpu_marks: list[float] = []
     with TreeMemory() as memory:
-        status = simulate(sites, config, run_dir, cpus_per_site=cpus_per_site, meta={"benchmark": label})
+        status = simulate(sites, config, run_dir, cpus_per_site=cpus_per_site, meta={"benchmark": label},
+                          on_round=lambda _record: cpu_marks.append(memory.cpu_seconds()))
     total = time.perf_counter() - started
     records = read_metrics(run_dir)
     round_s = [float(r["seconds"]) for r in records]
@@ -158,4 +161,5 @@ def run(label: str, sites: list[Site], config: FederationConfig, run_dir: Path,
         load_after=os.getloadavg()[0],
         rounds=rounds,
         load_s=costs["load"] if costs else None,
+        cpu_marks=cpu_marks,
     )

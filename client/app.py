@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -23,10 +23,7 @@ from flwr.clientapp import ClientApp
 
 from fedmed.client.augmentation import settings_for
 from fedmed.client.privacy.disclosure import open_release
-from fedmed.client.privacy.dp_sgd import make_private_training
-from fedmed.client.privacy.ledger import LedgerError
 from fedmed.client.privacy.noise_check import trainable_parameters
-from fedmed.client.privacy.round import PrivacyRound
 from fedmed.client.site import Site, site_from_node_config
 from fedmed.client.training import make_loader, make_optimizer, pick_device, predict_proba, round_seed, train_local
 from fedmed.common.federation import FederationConfig
@@ -34,6 +31,9 @@ from fedmed.common.freezing import apply_freeze
 from fedmed.common.models import build_model
 from fedmed.common.protocol import (ARRAYS_KEY, FEDERATION_KEY, FREEZE_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY,
                                     SiteStatus)
+
+if TYPE_CHECKING:
+    from fedmed.client.privacy.round import PrivacyRound
 
 log = logging.getLogger("fedmed.site")
 
@@ -69,7 +69,9 @@ def _report_failure(site_name: str, stage: str, exc: BaseException) -> str:
     from fedmed.client.errors import SafeError
 
     # A ledger refusal names only the site's own state folder, and the admin must see it.
-    if isinstance(exc, (SafeError, LedgerError)):
+    # (Only a DP round raises one, and it has loaded the ledger module.)
+    ledger = sys.modules.get("fedmed.client.privacy.ledger")
+    if isinstance(exc, (SafeError, *((ledger.LedgerError,) if ledger else ()))):
         print(f"[fedmed site {site_name}] {stage} failed: {exc}", file=sys.stderr)
     else:
         frames = traceback.extract_tb(exc.__traceback__)
@@ -103,6 +105,8 @@ def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arr
 
 
 def _privacy_round(msg: Message, site: Site, data, config: FederationConfig) -> PrivacyRound:
+    from fedmed.client.privacy.round import PrivacyRound
+
     return PrivacyRound.open(site.state_dir, data, site.privacy, site=site.name,
                              run=str(msg.metadata.run_id), server_round=int(msg.content["config"]["server-round"]),
                              total_rounds=config.rounds)
@@ -128,6 +132,10 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
                              augmentation=augmentation, seed=seed)
         weights, privacy, count = model.cpu().state_dict(), {}, result.num_examples
     else:
+        # Opacus and the accountants are loaded by the first DP round only: a site training
+        # without DP keeps them (and their memory) out of its executor.
+        from fedmed.client.privacy.dp_sgd import make_private_training
+
         privacy_round = _privacy_round(msg, site, data, config)
         decision = privacy_round.reserve_training(config.dp_batch_size, config.epochs,
                                                   trainable=trainable_parameters(model))

@@ -13,8 +13,10 @@ module the bundle names. This one, started next to the SuperNode by `fedmed clie
 4. if not, replies "declined: app-not-approved" without touching the site's data or
    model, and logs the refusal at the site with the bundle's hash.
 
-Tasks run in this one process, so torch is imported once per site rather than once per
-message, and decoded images stay in memory between rounds; their ClientApp calls run
+It does not poll for tasks: it sleeps until the SuperNode signals that one is waiting
+(`client/task_signal.py`), looking on its own only every `IDLE_CHECK_S` seconds in case
+a signal was missed. Tasks run in this one process, so torch is imported once per site
+rather than once per message, and decoded images stay in memory between rounds; their ClientApp calls run
 one at a time.
 
 Only this executor can take the SuperNode's tasks: `AcquireTask` is signed with the
@@ -46,9 +48,11 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 
 from fedmed.client.app_approval import AppApproval
 from fedmed.client.runtime_secret import read_runtime_secret
+from fedmed.client.task_signal import TaskSignal
 from fedmed.common.protocol import SITE_KEY, SiteStatus
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # without a wake-up pipe
+IDLE_CHECK_S = 5.0  # with one: a missed signal costs at most this
 
 
 def _client(address: str, *interceptors) -> RuntimeHttpClient:
@@ -104,14 +108,16 @@ def run_task(address: str, token: str, approval: AppApproval, client_app) -> Non
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
 
 
-def serve(address: str, approval: AppApproval, secret: bytes | None = None) -> None:
-    """Take ClientApp tasks from the SuperNode at `address` until stopped; `secret`
-    signs AcquireTask (the SuperNode's `--superexec-auth-secret-file`)."""
+def serve(address: str, approval: AppApproval, wake: Path | None = None, secret: bytes | None = None) -> None:
+    """Take ClientApp tasks from the SuperNode at `address` until stopped; between
+    tasks, sleep until the SuperNode signals on `wake` (or poll, without one).
+    `secret` signs AcquireTask (the SuperNode's `--superexec-auth-secret-file`)."""
     # fedmed's installed ClientApp, never the bundle's. Imported before the first task
     # arrives: it brings torch, whose import would otherwise eat into round 1's timeout.
     from fedmed.client.app import app as client_app
     from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
 
+    signal = TaskSignal(wake) if wake is not None else None
     signer = [SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK})] if secret else []
     acquirer = _client(address, *signer)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
@@ -123,6 +129,8 @@ def serve(address: str, approval: AppApproval, secret: bytes | None = None) -> N
             # waits out Flower's pull timeout there instead of blocking the next run.
             threading.Thread(target=run_task, args=(address, response.token, approval, client_app),
                              name=f"task-{response.task.task_id}", daemon=True).start()
+        elif signal is not None:
+            signal.wait(IDLE_CHECK_S)
         else:
             time.sleep(POLL_SECONDS)
 
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=None, help="site state folder (refusal log)")
     parser.add_argument("--approve", action="append", default=[], help="extra approved bundle SHA-256")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--wake", type=Path, default=None, help="the SuperNode's task-waiting pipe")
     parser.add_argument("--auth-secret-file", type=Path, default=None,
                         help="the SuperNode's --superexec-auth-secret-file")
     args = parser.parse_args(argv)
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(sorted(approval.approved))}", flush=True)
     try:
         secret = read_runtime_secret(args.auth_secret_file) if args.auth_secret_file else None
-        serve(args.runtime_api_address, approval, secret)
+        serve(args.runtime_api_address, approval, args.wake, secret)
     except KeyboardInterrupt:
         return 0
     return 0

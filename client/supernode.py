@@ -6,7 +6,9 @@ Two processes run at the site:
   over TLS, checking the coordinator's certificate against the federation CA
   (`--certs DIR/ca.crt`) and authenticating with the site's enrolled key
   (`--certs DIR/SITE.key`). It runs in `--isolation process`: it queues each message
-  and runs nothing itself;
+  and runs nothing itself. It is started through `client/fleet_polling.py`, which asks
+  for messages quickly while a run is active and slowly when idle, and wakes the
+  executor when a task is queued;
 - fedmed's executor (`client/app_executor.py`), which takes those messages and runs
   fedmed's installed ClientApp on them — but only for runs whose app bundle the site
   approved (`client/app_approval.py`); any other run is declined and logged here.
@@ -27,14 +29,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmed.client import fleet_polling
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.join_check import DEFAULT_GIVE_UP_AFTER, JoinCheck, JoinError
 from fedmed.client.site import default_state_dir
 from fedmed.client.runtime_secret import runtime_secret_path, write_runtime_secret
 from fedmed.client.state_lock import StateLocked, state_lock
+from fedmed.client.task_signal import signal_path
 from fedmed.common.certs import CertError, site_material
 from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
-from fedmed.common.processes import executable, flower_env, split_address
+from fedmed.common.processes import flower_env, split_address
 from fedmed.common.supervision import Child, ChildExited, PortInUse, first_exited, start_on_free_port, stop_all
 from fedmed.common.settings import DEFAULT_CLASSES
 
@@ -94,7 +98,8 @@ def supernode_command(options: ClientOptions, runtime_port: int) -> list[str]:
         f"state-dir={_toml_string(str(state_dir), '--state')}",
         *(f"{key}={_toml_value(value, key)}" for key, value in options.privacy.to_node_config().items()),
     ])
-    cmd = [executable("flower-supernode"), "--superlink", options.server,
+    # Flower's SuperNode, started through fedmed's request pacing (`fleet_polling`).
+    cmd = [*fleet_polling.command(signal_path(state_dir)), "--superlink", options.server,
            "--node-config", node_config, "--host", "127.0.0.1", "--port", str(runtime_port),
            "--isolation", "process", "--superexec-auth-secret-file", str(runtime_secret_path(state_dir))]
     if options.insecure:
@@ -129,7 +134,8 @@ def executor_command(options: ClientOptions, runtime_port: int, state_dir: Path)
     cmd = [sys.executable, "-m", "fedmed.client.app_executor",
            "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--site", options.site,
            "--state", str(state_dir.resolve()), "--parent-pid", str(os.getpid()),
-           "--auth-secret-file", str(runtime_secret_path(state_dir))]
+           "--auth-secret-file", str(runtime_secret_path(state_dir)),
+           "--wake", str(signal_path(state_dir).resolve())]
     for value in approved:
         cmd += ["--approve", value]
     return cmd

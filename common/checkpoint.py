@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedmed.common.federation import FederationConfig
 from fedmed.common.settings import trained_on
 from fedmed.common.operating_point import check_threshold
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "fedmed-model/1"
 EXTENSION = ".pt"
@@ -30,6 +31,8 @@ EXTENSION = ".pt"
 def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: FederationConfig,
                     server_round: int, extra: dict[str, Any] | None = None) -> Path:
     """Write atomically: a reader never sees a half-written model."""
+    import torch  # here, not at the top: the coordinator's launcher reads run folders without torch
+
     payload = {
         "format": FORMAT,
         "round": server_round,
@@ -51,6 +54,8 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: Fed
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint; raise ValueError naming the file when it is not one of ours."""
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 — torch raises many kinds for a bad file

@@ -12,9 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from fedmed.common.models import MODEL_NAMES
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
+# The models `common/models.py` builds; named here so that reading a config needs no torch.
+MODEL_NAMES = ("cnn", "dpcnn", "resnet18")
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 

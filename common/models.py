@@ -7,14 +7,13 @@ size and works under Opacus (no BatchNorm, no in-place operations on a residual 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import torch
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
-from torchvision.models.resnet import BasicBlock
 
-MODEL_NAMES = ("cnn", "dpcnn", "resnet18")
+from fedmed.common.federation import MODEL_NAMES  # noqa: F401 — the names live with the config
 
 
 class SmallCNN(nn.Module):
@@ -47,18 +46,25 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class _OutOfPlaceBasicBlock(BasicBlock):
+@lru_cache(maxsize=1)
+def _out_of_place_basic_block() -> type:
     """torchvision's BasicBlock with the residual sum and activations out of place.
 
     Opacus' backward hooks fail on `out += identity` and `ReLU(inplace=True)`
     ("Output 0 of BackwardHookFunction is a view and is being modified inplace").
+    Defined on first use: torchvision (and what it loads) stays out of processes that
+    only ever build the small CNN.
     """
+    from torchvision.models.resnet import BasicBlock
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + identity)
+    class _OutOfPlaceBasicBlock(BasicBlock):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return torch.relu(out + identity)
+
+    return _OutOfPlaceBasicBlock
 
 
 class StandardizedConv2d(nn.Conv2d):
@@ -147,6 +153,8 @@ def build_resnet18(num_classes: int, image_size: int) -> nn.Module:
     max-pool would shrink them to 7×7 before the first block, so below 64 pixels the stem
     is a 3×3 stride-1 convolution without pooling.
     """
+    from torchvision.models import resnet18 as tv_resnet18
+
     model = tv_resnet18(weights=None, num_classes=num_classes, norm_layer=_group_norm)
     if image_size < 64:
         model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -156,7 +164,7 @@ def build_resnet18(num_classes: int, image_size: int) -> nn.Module:
     model.relu = nn.ReLU(inplace=False)
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         for block in layer:
-            block.__class__ = _OutOfPlaceBasicBlock
+            block.__class__ = _out_of_place_basic_block()
             block.relu = nn.ReLU(inplace=False)
     return model
 

@@ -37,14 +37,14 @@ from fedmed.common.protocol import FEDERATION_KEY, FREEZE_KEY
 from fedmed.common.starting_model import load_starting_model
 from fedmed.server.audit import AuditLog
 from fedmed.server.enrollment import node_names
+from fedmed.server.fast_grid import FastGrid
+from fedmed.server.flower_app import RUN_CONFIG_KEY
 from fedmed.server.outputs import RunRecorder
 from fedmed.server.strategy import FederationStopped
 from fedmed.server.strategy.registry import build_strategy
 from fedmed.server.strategy.update_checks import UpdateLimits
 
 log = logging.getLogger("fedmed.server")
-
-RUN_CONFIG_KEY = "fedmed-config"
 
 
 def initial_arrays(config: FederationConfig) -> ArrayRecord:
@@ -157,4 +157,5 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     saved = json.loads(config_path.read_text())
     config = FederationConfig.from_dict(saved["federation"])
     meta = {k: v for k, v in saved.items() if k != "federation"}
-    run_federation(grid, config, config_path.parent, meta)
+    # Flower's deployment grid looks for replies every 3 s; FastGrid as soon as they land.
+    run_federation(FastGrid(grid), config, config_path.parent, meta)

@@ -37,14 +37,12 @@ from fedmed.common.certs import CertError, server_material
 from fedmed.common.federation import FederationConfig
 from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
 from fedmed.common.processes import executable, flower_env, split_address
-from fedmed.common.starting_model import describe_transfer, transfer_meta
 from fedmed.common.supervision import (Child, ChildExited, PortInUse, connectable_host, start_on_free_port,
                                        start_on_port, stop_all)
 from fedmed.server import progress
-from fedmed.server.app import RUN_CONFIG_KEY
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
-from fedmed.server.flower_app import write_app_dir
+from fedmed.server.flower_app import RUN_CONFIG_KEY, write_app_dir
 from fedmed.server.outputs import (CONFIG_FILE, METRICS_FILE, STATUS_FILE, last_completed_round, read_metrics,
                                    read_status,
                                    write_interrupted, write_json, write_run_report)
@@ -52,6 +50,7 @@ from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SUPEREXEC_POLL_S = "0.25"
 
 
 class DeploymentError(RuntimeError):
@@ -209,6 +208,10 @@ def _transfer_meta(options: ServerOptions, config: FederationConfig, out_dir: Pa
     if options.resume:
         saved = json.loads((out_dir / CONFIG_FILE).read_text())
         return {k: saved[k] for k in ("init_from", "freeze") if k in saved}
+    if options.init_from is None and options.freeze == "none":
+        return {}  # a random start: no model file to read, and no torch in the launcher
+    from fedmed.common.starting_model import transfer_meta
+
     try:
         return transfer_meta(options.init_from, options.freeze, config)
     except ValueError as exc:
@@ -265,7 +268,9 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     audit = AuditLog(out_dir)
 
     home = out_dir / ".flwr"
-    env = flower_env({"FLWR_HOME": str(home)})
+    # The SuperLink's executor looks for the run's ServerApp task every second by default;
+    # Flower lets this be set (0.01–60 s). It only asks the SuperLink on loopback.
+    env = flower_env({"FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
     superlink_log, proxy_log = out_dir / "superlink.log", out_dir / "proxy.log"
 
     def superlink_cmd(link_host: str, link_port: int) -> list[str]:
@@ -335,6 +340,8 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         if resume_from:
             emit(f"resuming after round {resume_from} of {config.rounds}")
         elif transfer.get("init_from"):
+            from fedmed.common.starting_model import describe_transfer
+
             emit(describe_transfer(transfer))
         emit(progress.header())
         remaining = config.rounds - resume_from

@@ -8,4 +8,8 @@ from __future__ import annotations
 
 from fedmed.common.app_bundle import APP_PYPROJECT, fab_hash, write_app_dir
 
-__all__ = ["APP_PYPROJECT", "fab_hash", "write_app_dir"]
+# The run config key naming the run folder's config.json, set by `fedmed server start`
+# when it submits the run and read by the ServerApp (`server/app.py`).
+RUN_CONFIG_KEY = "fedmed-config"
+
+__all__ = ["APP_PYPROJECT", "RUN_CONFIG_KEY", "fab_hash", "write_app_dir"]

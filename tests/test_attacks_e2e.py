@@ -181,8 +181,11 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
 
         # 2. A local user at site B, without the secret (or with a wrong one), tries to
         #    take B's tasks from its SuperNode's Runtime API; the port is in `ps`.
-        assert wait_for(lambda: _child(sites["B"], "flower-supernode") is not None, 60)
-        _, cmd = _child(sites["B"], "flower-supernode")
+        #    (The SuperNode runs as `python -m fedmed.client.fleet_polling ... -- <Flower's
+        #    flags>`; its Runtime flag is what `ps` shows.)
+        supernode = "--superexec-auth-secret-file"
+        assert wait_for(lambda: _child(sites["B"], supernode) is not None, 60)
+        _, cmd = _child(sites["B"], supernode)
         runtime_port = int(cmd[cmd.index("--port") + 1])
         # The SuperNode's process shows in `ps` before its Runtime API listens.
         assert wait_for(lambda: _listening(runtime_port), 120)

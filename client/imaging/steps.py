@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
@@ -294,6 +292,10 @@ def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
     if x.shape[1:] == (size, size):
         out = x.copy()
     else:
+        # torch only here: scanning a site's headers (`fedmed client`, `data check`) needs none.
+        import torch
+        import torch.nn.functional as F
+
         tensor = torch.from_numpy(np.ascontiguousarray(x))[:, None]
         out = F.interpolate(
             tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True

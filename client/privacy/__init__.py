@@ -13,22 +13,29 @@
 `accounting`, `planning`, `budget` and `ledger` are pure accounting and files (no torch).
 """
 
-from .accounting import ACCOUNTANT, AccountingError, default_delta, epsilon, merge_history
-from .budget import BudgetDecision, decide_round
-from .ledger import LedgerEntry, LedgerError, PrivacyLedger
-from .planning import plan_noise_multiplier, rounds_affordable
+from importlib import import_module
 
-__all__ = [
-    "ACCOUNTANT",
-    "AccountingError",
-    "BudgetDecision",
-    "LedgerEntry",
-    "LedgerError",
-    "PrivacyLedger",
-    "decide_round",
-    "default_delta",
-    "epsilon",
-    "merge_history",
-    "plan_noise_multiplier",
-    "rounds_affordable",
-]
+# Where each name lives. Loaded on first use (PEP 562), so that `policy`, which the site's
+# launcher reads, does not pull in Opacus and torch through this package.
+_HOMES = {
+    "ACCOUNTANT": "accounting",
+    "AccountingError": "accounting",
+    "default_delta": "accounting",
+    "epsilon": "accounting",
+    "merge_history": "accounting",
+    "BudgetDecision": "budget",
+    "decide_round": "budget",
+    "LedgerEntry": "ledger",
+    "LedgerError": "ledger",
+    "PrivacyLedger": "ledger",
+    "plan_noise_multiplier": "planning",
+    "rounds_affordable": "planning",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)

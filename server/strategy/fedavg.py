@@ -44,6 +44,9 @@ from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
 
 REJECTED = "rejected"  # status the coordinator gives an update it refused to average
+# How often the first round looks for sites still to connect: the round starts within
+# this of the last one joining (Flower's own wait for the quorum looks once a second).
+JOIN_CHECK_S = 0.2
 
 
 class FederationStopped(RuntimeError):
@@ -186,9 +189,13 @@ class SiteAwareFedAvg(FedAvg):
         """Before the run's first round, give every enrolled site up to `join_timeout`
         seconds to connect; after that the round starts with those present (the quorum
         still applies)."""
-        if self._joined or self.join_timeout <= 0 or not self.enrolled:
+        if self._joined:
             return
         self._joined = True
+        if self.join_timeout <= 0 or not self.enrolled:
+            while len(list(grid.get_node_ids())) < self.min_sites:
+                time.sleep(JOIN_CHECK_S)
+            return
         expected = set(self.enrolled)
         deadline = time.monotonic() + self.join_timeout
         told = False
@@ -201,7 +208,7 @@ class SiteAwareFedAvg(FedAvg):
                 print(f"[fedmed coordinator] round {server_round}: waiting up to {self.join_timeout:.0f} s "
                       f"for enrolled site(s) {names}", file=sys.stderr, flush=True)
                 told = True
-            time.sleep(1.0)
+            time.sleep(JOIN_CHECK_S)
 
     def _remember(self, messages: list[Message]) -> list[Message]:
         """Note where each message went; the grid sets their IDs as it sends them."""

@@ -1,0 +1,175 @@
+"""The site's request pacing, the executor's wake-up pipe and the coordinator's reply
+collection, without processes; and the Flower internals they rely on."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import pytest
+
+from fedmed.client import fleet_polling
+from fedmed.client.fleet_polling import (ACTIVE_WINDOW_S, BUSY_CAP_S, BUSY_FLOOR_S, IDLE_S, FleetPacing,
+                                         check_flower_internals, install)
+from fedmed.client.task_signal import TaskSignal, notify, signal_path
+from fedmed.common.backoff import Backoff
+
+# Flower's SuperNode heartbeat is sent about every 17.5–22.5 s (30 s interval less its
+# call timeout, times 0.7–0.9); an idle site's rate counts it too.
+HEARTBEATS_PER_S = 1 / 17.5
+IDLE_RATE_LIMIT = 0.5  # requests per second per idle site
+
+
+def test_flower_supernode_internals_are_the_ones_fedmed_paces():
+    """Fails when a Flower upgrade changes the SuperNode loop `fleet_polling` wraps:
+    re-read flwr/supernode/start_client_internal.py and adapt fleet_polling.install."""
+    import flwr
+
+    check_flower_internals()
+    assert flwr.__version__ == "1.42.0", "fleet_polling was checked against flwr 1.42.0's SuperNode"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _pull_after(clock: FakeClock, at: float, message="msg"):
+    return lambda: message if clock.now >= at else None
+
+
+def test_pacing_is_quick_while_a_run_is_active_and_slow_when_idle():
+    clock = FakeClock()
+    pacing = FleetPacing(clock=clock, sleep=clock.sleep)
+    assert pacing.receive(_pull_after(clock, 1.0)) == "msg"
+    # Just connected counts as active: 50 ms, growing, never above the busy cap.
+    assert clock.sleeps[0] == BUSY_FLOOR_S
+    assert clock.sleeps == sorted(clock.sleeps) and max(clock.sleeps) <= BUSY_CAP_S
+    # A message answered: the next one is looked for quickly again.
+    clock.sleeps.clear()
+    pacing.mark_activity()
+    pacing.receive(_pull_after(clock, clock.now + 0.3))
+    assert clock.sleeps[0] == BUSY_FLOOR_S
+    # Nothing for longer than the active window: idle pace.
+    clock.sleeps.clear()
+    pacing.receive(_pull_after(clock, clock.now + ACTIVE_WINDOW_S + 60))
+    idle = [s for s in clock.sleeps if s == IDLE_S]
+    assert idle and clock.sleeps[-1] == IDLE_S
+    assert 1 / IDLE_S + HEARTBEATS_PER_S <= IDLE_RATE_LIMIT
+
+
+def test_a_run_with_long_gaps_keeps_the_site_active_between_its_messages():
+    clock = FakeClock()
+    pacing = FleetPacing(clock=clock, sleep=clock.sleep)
+    pacing.receive(_pull_after(clock, 40.0))  # a slow round: 40 s between messages
+    assert pacing.window >= 40.0
+    clock.sleeps.clear()
+    pacing.receive(_pull_after(clock, clock.now + 35.0))
+    assert max(clock.sleeps) <= BUSY_CAP_S
+
+
+def test_backoff_grows_to_its_cap_and_starts_over():
+    pace = Backoff(0.1, 0.3, factor=2)
+    assert [pace.next() for _ in range(4)] == [0.1, 0.2, 0.3, 0.3]
+    pace.reset()
+    assert pace.next() == 0.1
+    with pytest.raises(ValueError):
+        Backoff(0.5, 0.1)
+
+
+def test_installed_connection_paces_receive_and_wakes_the_executor(monkeypatch, tmp_path):
+    from flwr.supernode import start_client_internal as loop
+
+    answers = iter([None, None, ("message", "tree")])
+    confirmed = []
+
+    @contextmanager
+    def fake_connection(*args, **kwargs):
+        yield (7, lambda: next(answers), "send", "get_run", "get_fab", "pull_object", "push_object",
+               lambda run_id, object_id: confirmed.append((run_id, object_id)))
+
+    # Restored after the test, whatever install() put there.
+    monkeypatch.setattr(loop, "http_request_response", fake_connection)
+    monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(fleet_polling, "check_flower_internals", lambda: None)
+    wake = signal_path(tmp_path)
+    waiter = TaskSignal(wake)
+    clock = FakeClock()
+    install(wake, FleetPacing(clock=clock, sleep=clock.sleep))
+    with loop.http_request_response("127.0.0.1:1", True) as conn:
+        node_id, receive, *_, confirm = conn
+        assert node_id == 7
+        assert receive() == ("message", "tree")
+        assert clock.sleeps == [BUSY_FLOOR_S, BUSY_FLOOR_S * 1.5]
+        assert not waiter.wait(0)
+        confirm(1, "abc")
+    assert confirmed == [(1, "abc")]
+    assert waiter.wait(0)
+    # The reply wait (Flower sleeps 0.5 s) is short; other sleeps are Flower's own.
+    assert loop.time.sleep is not None and loop.time.monotonic is not None
+    waiter.close()
+
+
+def test_task_signal_wakes_a_waiting_executor(tmp_path):
+    path = signal_path(tmp_path)
+    assert notify(path) is False  # no pipe yet: nothing happens
+    signal = TaskSignal(path)
+    assert signal.wait(0.01) is False
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(signal.wait(10)))
+    waiter.start()
+    assert notify(path) is True
+    waiter.join(5)
+    assert woke == [True]
+    assert signal.wait(0.01) is False  # the wake-up was consumed
+    signal.close()
+
+
+class _FakeGrid:
+    """Replies become available after a number of pulls each."""
+
+    def __init__(self, ready_after: dict[str, int]) -> None:
+        self.ready_after = ready_after
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        return list(self.ready_after)
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        out = []
+        for i in ids:
+            if self.pulls >= self.ready_after[i]:
+                out.append(_Reply(i))
+        return out
+
+
+class _Reply:
+    def __init__(self, reply_to: str) -> None:
+        self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
+
+
+def test_fast_grid_collects_every_reply_as_it_lands():
+    from fedmed.server.fast_grid import FastGrid
+
+    inner = _FakeGrid({"a": 1, "b": 3, "c": 4})
+    grid = FastGrid(inner, floor=0.001, cap=0.002)
+    replies = grid.send_and_receive(["m"] * 3, timeout=10)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b", "c"]
+    assert inner.pulls == 4
+
+
+def test_fast_grid_gives_up_at_the_timeout():
+    from fedmed.server.fast_grid import FastGrid
+
+    inner = _FakeGrid({"a": 1, "b": 10**9})
+    replies = FastGrid(inner, floor=0.01, cap=0.02).send_and_receive(["m"] * 2, timeout=0.2)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
