@@ -190,27 +190,14 @@ def start_on_free_port(name: str, command: Callable[[int], Sequence[str]], env: 
     A clash (the child says the port is taken) starts it again on a new port, up to
     `attempts` times; any other exit raises `ChildExited`, and not listening within
     `timeout` raises `TimeoutError` — never a hang."""
-    connect_host = connectable_host(host)
     for _ in range(attempts):
         port = processes.free_port(host)
-        child = Child(name, command(port), env, log=log, on_line=on_line)
-        try:
-            if child.wait_listening(connect_host, port, timeout):
-                return child, port
-        except BaseException:  # Ctrl-C while it starts: it must not outlive us
-            child.stop()
-            raise
-        exited = not child.running()
-        child.stop()
-        if child.port_clash:
-            if on_retry is not None:
-                on_retry(f"the {name} could not bind port {port} (taken since it was picked); "
-                         "retrying on another port")
-            continue
-        if exited:
-            raise ChildExited(child, " while starting")
-        raise TimeoutError(f"the {name} did not start listening on {host}:{port} within {timeout:g} s"
-                           + (f"; see {log}" if log else ""))
+        child = _start_listening(name, command(port), env, host, port, timeout, log, on_line)
+        if child is not None:
+            return child, port
+        if on_retry is not None:
+            on_retry(f"the {name} could not bind port {port} (taken since it was picked); "
+                     "retrying on another port")
     raise PortInUse(f"the {name} found every port it tried on {host} taken ({attempts} attempts); "
                     "is this machine out of free ports?")
 
@@ -220,6 +207,19 @@ def start_on_port(name: str, cmd: Sequence[str], env: dict[str, str], host: str,
                   on_line: Callable[[str], None] | None = None) -> Child:
     """Start a child on a port the operator chose and wait until it listens there; a clash
     is a `PortInUse` error naming the option to change."""
+    child = _start_listening(name, cmd, env, host, port, timeout, log, on_line)
+    if child is None:
+        raise PortInUse(f"{flag} {host}:{port}: the port is already in use on this machine; stop what "
+                        "uses it or choose another port (port 0 picks a free one)")
+    return child
+
+
+def _start_listening(name: str, cmd: Sequence[str], env: dict[str, str], host: str, port: int,
+                     timeout: float, log: Path | None,
+                     on_line: Callable[[str], None] | None) -> Child | None:
+    """Start a child and wait until it listens on `port`: the child, or None when it
+    could not bind the port (stopped by then). Any other exit raises `ChildExited`; not
+    listening within `timeout` raises `TimeoutError`."""
     child = Child(name, cmd, env, log=log, on_line=on_line)
     try:
         if child.wait_listening(connectable_host(host), port, timeout):
@@ -230,8 +230,7 @@ def start_on_port(name: str, cmd: Sequence[str], env: dict[str, str], host: str,
     exited = not child.running()
     child.stop()
     if child.port_clash:
-        raise PortInUse(f"{flag} {host}:{port}: the port is already in use on this machine; stop what "
-                        "uses it or choose another port (port 0 picks a free one)")
+        return None
     if exited:
         raise ChildExited(child, " while starting")
     raise TimeoutError(f"the {name} did not start listening on {host}:{port} within {timeout:g} s"

@@ -15,13 +15,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from fedmed.common.auc_interval import Z_95 as Z95
 from fedmed.common.model_health import CHANCE_AUC, MIN_RATE, confusion_matrix, site_flags
 from fedmed.common.model_health import finite_number as _num
 
 __all__ = ["Z95", "auc_interval", "class_counts", "health_flags", "wilson_interval"]
-
-# Two-sided 95 % normal quantile.
-Z95 = 1.959963984540054
 
 
 def wilson_interval(rate: float | None, n: float | None) -> tuple[float, float] | None:

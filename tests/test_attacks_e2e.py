@@ -163,7 +163,8 @@ def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fed
             "--state", str(tmp_path / "state" / site), "--certs", str(tmp_path / f"certs-{site}"), *flags,
         ], tmp_path / f"client-{site}.log", env)
 
-    liar_env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "lying_site"), "FEDMED_TEST_LIES": LIES}
+    liar_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        str(Path(__file__).parent / d) for d in ("lying_site", "site_hooks")), "FEDMED_TEST_LIES": LIES}
     sites = {"A": client("A", "A", None, "--no-dp"),
              "B": client("B", "B"),  # the victim trains with DP-SGD: its ledger shows what it trained on
              "D": client("D", "C", liar_env, "--no-dp")}

@@ -65,7 +65,8 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
             *([] if site == "C" else ["--no-dp"]),
         ], tmp_path / log, env)
 
-    poisoned = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "poisoned_site")}
+    poisoned = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        str(Path(__file__).parent / d) for d in ("poisoned_site", "site_hooks"))}
     sites = {s: client(s, f"client-{s}.log") for s in ("A", "B", "C")}
     sites["D"] = client("D", "client-D.log", data="A", env=poisoned)
     resumed = None

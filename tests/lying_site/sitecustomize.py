@@ -3,17 +3,16 @@ PYTHONPATH lies about how many examples each reply stands for.
 
 The counts it claims come from FEDMED_TEST_LIES (comma-separated, e.g. "1e9,nan,0"),
 one per reply in the order the site sends them (its executor runs one task at a
-time); the last is repeated. The update itself is honest training. As in
-`poisoned_site/`, the hook waits for fedmed's ClientApp module to load and wraps what
+time); the last is repeated. The update itself is honest training. As for
+`poisoned_site/`, the shared hook in `site_hooks/` waits for fedmed's ClientApp module to load and wraps what
 builds a reply's MetricRecord, so nothing in fedmed knows about it.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import os
-import sys
+
+from patch_on_import import patch_on_import
 
 TARGET = "fedmed.client.app"
 
@@ -32,23 +31,4 @@ def _lie(module) -> None:
     module.MetricRecord = lying_record
 
 
-class _LieOnImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET:
-            return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            sys.meta_path.insert(0, self)
-        load = spec.loader.exec_module
-
-        def exec_module(module):
-            load(module)
-            _lie(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _LieOnImport())
+patch_on_import(TARGET, _lie)

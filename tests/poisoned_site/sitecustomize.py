@@ -2,7 +2,7 @@
 folder on PYTHONPATH sends NaN in every weight it returns.
 
 Python imports `sitecustomize` at start-up in every process of the site (the client,
-its SuperNode and its executor inherit the environment); the hook below waits for
+its SuperNode and its executor inherit the environment); the shared hook in `site_hooks/` waits for
 fedmed's ClientApp module to load and wraps the function that packs a train reply.
 Nothing in fedmed itself knows about it: the coordinator sees what a real faulty site
 would send.
@@ -10,10 +10,9 @@ would send.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import math
-import sys
+
+from patch_on_import import patch_on_import
 
 TARGET = "fedmed.client.app"
 
@@ -34,23 +33,4 @@ def _poison(module) -> None:
     module._train_reply = nan_train_reply
 
 
-class _PoisonOnImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET:
-            return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            sys.meta_path.insert(0, self)
-        load = spec.loader.exec_module
-
-        def exec_module(module):
-            load(module)
-            _poison(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _PoisonOnImport())
+patch_on_import(TARGET, _poison)
