@@ -145,3 +145,30 @@ def test_multiplicity_needs_settings():
     with pytest.raises(ValueError, match="views"):
         make_private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=2,
                               noise_multiplier=1.0, max_grad_norm=1.0, seed=0, views=2)
+
+
+def test_a_patient_record_clips_the_mean_of_its_images():
+    """Records of M images (a patient's, P×M×… with labels P×M): a noise-free DP step is
+    Σ_patients clip(mean over the patient's M images of ∇ℓ), as for views."""
+    model = _tiny()
+    x = _images(n=12, side=4, seed=2).reshape(4, 3, 1, 4, 4)
+    y = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    params = list(model.parameters())
+    per_patient = []
+    for i in range(len(x)):
+        grads = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            nn.functional.cross_entropy(model(x[i, m:m + 1]), y[i, m:m + 1]), params)]) for m in range(3)]
+        per_patient.append(torch.stack(grads).mean(0))
+    norms = torch.stack([g.norm() for g in per_patient])
+    clip = float(norms.median())
+    expected = sum(min(1.0, clip / (float(n) + 1e-6)) * g for n, g in zip(norms, per_patient))
+
+    training = make_private_training(model, torch.optim.SGD(model.parameters(), lr=0.0), x.numpy(), y.numpy(),
+                                     batch_size=len(x), noise_multiplier=0.0, max_grad_norm=clip, seed=0)
+    assert training.mode != "ghost" and training.images_per_record == 3
+    assert training.schedule.sample_rate == 1.0  # q over the 4 patients, not the 12 images
+    dp_step(training, x, y)
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()]) * training.optimizer.expected_batch_size
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert (norms > clip).any()
+    assert training.train(epochs=1).steps == training.schedule.steps_per_epoch  # the loader yields patients

@@ -225,3 +225,27 @@ def test_exact_metrics_are_the_sites_recorded_choice(tmp_path):
     assert sum(reply[histogram_key(1)]) == VAL_CLASS1  # disclosed exactly, as chosen
     (row,) = _rows(state)
     assert row["mechanism"] == "open-release" and row["steps"] == 0 and "--no-dp-metrics" in row["note"]
+
+
+def test_a_patient_record_is_images_of_that_patient_only(tmp_path):
+    """With the patient unit a round's record is PATIENT_IMAGES images of one patient (some
+    drawn twice when it has fewer), drawn with the site's secret: another round, another draw."""
+    from fedmed.client.privacy.policy import PATIENT_IMAGES
+    from fedmed.client.privacy.round import PrivacyRound
+
+    patients = np.array(["p1"] * 6 + ["p2"] * 2 + ["p3"] * 5)
+    x = np.arange(len(patients), dtype=np.float32).reshape(-1, 1, 1, 1)
+    y = np.array([0] * 6 + [1] * 2 + [0] * 5)
+    policy = PrivacyPolicy(unit="patient")
+    ledger = PrivacyLedger.open(tmp_path, "patients-fingerprint")
+    draws = []
+    for server_round in (1, 2):
+        rnd = PrivacyRound(ledger, policy, "A", "1", server_round, 2, n_train=3)
+        rx, ry = rnd.training_records(x, y, patients)
+        assert rx.shape == (3, PATIENT_IMAGES, 1, 1, 1) and ry.shape == (3, PATIENT_IMAGES)
+        for record, wanted in zip(rx.reshape(3, -1).astype(int), ("p1", "p2", "p3")):
+            assert set(patients[record]) == {wanted}
+        assert set(rx[1].ravel().astype(int)) == {6, 7}  # both of p2's images, some twice
+        assert len(set(rx[0].ravel().astype(int))) == PATIENT_IMAGES  # no repeats while it has enough
+        draws.append(rx.ravel().tolist())
+    assert draws[0] != draws[1]

@@ -165,6 +165,7 @@ class PrivateTraining:
     engine: PrivacyEngine
     augment: AugmentSettings | None = None
     views: int = 1
+    images_per_record: int = 1
     _keys: tuple[str, ...] = field(repr=False, default=())
 
     def train(self, epochs: int, device: torch.device | str = "cpu") -> DPTrainResult:
@@ -205,13 +206,18 @@ def make_private_training(
     averaged into the record's gradient before it is clipped (augmentation multiplicity).
     The sampling rate, noise and step count -- everything the accountant is told -- do not
     depend on K. Ghost clipping never forms per-view gradients, so K > 1 uses hooks.
+
+    A record may be several images (a patient's, `fedmed.client.privacy.round`): `x` is then
+    N×M×… and `y` N×M, and the record's gradient is the mean over its M images (each seen
+    as its K views) before it is clipped -- the same averaging as for views.
     """
     if views < 1:
         raise ValueError(f"DP-SGD: augmentation views must be at least 1, got {views}")
     if views > 1 and augment is None:
         raise ValueError("DP-SGD: augmentation views > 1 need augmentation settings")
+    images_per_record = int(y.shape[1]) if np.ndim(y) == 2 else 1
     mode = mode or _default_mode(model, model_name)
-    if views > 1 and mode == "ghost":
+    if views * images_per_record > 1 and mode == "ghost":
         mode = "hooks"
     if mode not in MODES:
         raise ValueError(f"DP-SGD: grad-sample mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -240,7 +246,7 @@ def make_private_training(
     return PrivateTraining(
         module=module, model=dp_model, optimizer=dp_optimizer, loader=loader,
         criterion=criterion, mode=mode, schedule=schedule, seed=seed, engine=engine,
-        augment=augment, views=views, _keys=keys,
+        augment=augment, views=views, images_per_record=images_per_record, _keys=keys,
     )
 
 
@@ -345,7 +351,8 @@ def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
 
     With augmentation, `generator` draws the transforms; with K views per record, the
     batch of B records is run as B·K views and each record's K per-view gradients are
-    averaged before the optimizer clips them, so Opacus still sees B records.
+    averaged before the optimizer clips them, so Opacus still sees B records. Records of
+    M images are run the same way, as B·M·K inputs averaged per record.
     """
     optimizer = training.optimizer
     optimizer.zero_grad(set_to_none=True)
@@ -354,6 +361,8 @@ def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
         optimizer.step()
         return 0.0
     views = training.views
+    if training.images_per_record > 1:  # records of several images, laid out record-major
+        xb, yb = xb.flatten(0, 1), yb.flatten()
     if training.augment is not None:
         if generator is None:
             raise ValueError("DP-SGD: augmentation needs a generator")
@@ -365,10 +374,11 @@ def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss = training.criterion(training.model(xb), yb)
         loss.backward()
-    if views > 1:
+    per_record = views * training.images_per_record
+    if per_record > 1:
         for p in optimizer.params:
             if getattr(p, "grad_sample", None) is not None:
-                p.grad_sample = average_views(p.grad_sample, views)
+                p.grad_sample = average_views(p.grad_sample, per_record)
     optimizer.step()
     return float(loss.detach())
 

@@ -21,8 +21,13 @@ DEFAULT_EPSILON = 8.0
 DEFAULT_MAX_GRAD_NORM = 1.0
 DEFAULT_MAX_NOISE_MULTIPLIER = 10.0
 PRIVACY_UNITS = ("image", "patient")
-"""What one privacy unit is: one image (record-level DP-SGD) or one patient (one image per
-patient per round, so that a patient is one record; `fedmed.client.privacy.round`)."""
+"""What one privacy unit is: one image (record-level DP-SGD) or one patient (a patient's
+images form one record, whose gradient is clipped as one; `fedmed.client.privacy.round`)."""
+PATIENT_IMAGES = 4
+"""With the patient unit, how many of a patient's images make up its record in a round
+(drawn afresh each round; with fewer images, some are drawn twice). Their gradients are
+averaged before the record is clipped, so the guarantee is per patient whatever this is;
+more images per record give a less noisy gradient per patient at more compute per step."""
 DEFAULT_EVAL_SHARE = 0.1
 """Share of ε the per-round evaluation releases of one run compose to on their own."""
 

@@ -9,16 +9,18 @@ inside it leaves the reservation to be settled, counted, on the next open);
 `release_evaluation` is the same for the round's evaluation metrics
 (`fedmed.client.privacy.disclosure`). Every number the round sends is in its ledger.
 
-The privacy unit (`PrivacyPolicy.unit`) is an image or a patient. With ``patient``, the
-round trains on one image per patient, drawn afresh each round with the site's secret
-(`training_records`): a patient is then exactly one record of the round's DP-SGD, so the
-record-level guarantee -- Poisson sampling at q = 1/⌈P/B⌉ over the P patients, clipping,
-noise -- holds per patient (adding or removing a patient changes one record of every
-round; the draw of the other patients' images does not depend on that patient). It is the
-"one example per user" form of user-level DP-SGD (McMahan et al. 2018, "Learning
-Differentially Private Recurrent Language Models", sample users, bound each user's
-contribution). The ledger's data set is then the site's patients
-(`SiteData.patient_fingerprint`), δ is set from P, and every row records the unit.
+The privacy unit (`PrivacyPolicy.unit`) is an image or a patient. With ``patient``, each
+record of the round's DP-SGD is one patient: `PATIENT_IMAGES` of its images, drawn afresh
+each round with the site's secret (`training_records`), whose gradients are averaged into
+the patient's gradient before it is clipped (`dp_sgd.dp_step`). The record-level guarantee
+-- Poisson sampling at q = 1/⌈P/B⌉ over the P patients, clipping, noise -- then holds per
+patient: adding or removing a patient changes one record of every round, and how the other
+patients' images are drawn does not depend on it. This is user-level DP-SGD (McMahan et al.
+2018, "Learning Differentially Private Recurrent Language Models": sample users, bound each
+user's contribution), with the bound applied to the mean of a few of the user's examples
+as augmentation multiplicity does for the views of one image (De et al. 2022). The
+ledger's data set is then the site's patients (`SiteData.patient_fingerprint`), δ is set
+from P, and every row records the unit.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .noise_check import noise_to_signal
 from .dp_sgd import dp_schedule
 from .ledger import GAUSSIAN, OPEN_RELEASE, LedgerEntry, PrivacyLedger, Reservation
 from .planning import RunPlan, load_plan, plan_noise_multiplier, plan_release_noise, save_plan
-from .policy import PrivacyPolicy
+from .policy import PATIENT_IMAGES, PrivacyPolicy
 from fedmed.client.errors import SafeError
 from fedmed.common.protocol import WEIGHT_KEY
 
@@ -85,14 +87,16 @@ class PrivacyRound:
         return cls(ledger, policy, site, str(run), server_round, total_rounds, n_train)
 
     def training_records(self, x: np.ndarray, y: np.ndarray, patients: np.ndarray | None):
-        """The round's training records: every image, or one image per patient."""
+        """The round's training records: every image, or with the patient unit one record
+        per patient, `PATIENT_IMAGES` of its images stacked (x: P×K×…, y: P×K)."""
         if self.policy.unit != "patient":
             return x, y
         rng = np.random.default_rng(self._secret_seed("patient-images"))
         by_patient: dict[str, list[int]] = {}
         for index, patient in enumerate(patients.tolist()):
             by_patient.setdefault(str(patient), []).append(index)
-        chosen = np.array([rng.choice(indices) for _, indices in sorted(by_patient.items())], dtype=np.int64)
+        chosen = np.stack([_draw_images(rng, indices, PATIENT_IMAGES)
+                           for _, indices in sorted(by_patient.items())])
         return x[chosen], y[chosen]
 
     @property
@@ -247,3 +251,11 @@ def _site_secret(state_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(32))
     return path.read_bytes()
+
+
+def _draw_images(rng: np.random.Generator, indices: list[int], k: int) -> np.ndarray:
+    """`k` of one patient's image indices: without repeats while it has that many, else
+    all of them and the rest drawn again at random."""
+    if len(indices) >= k:
+        return rng.choice(indices, size=k, replace=False)
+    return np.concatenate([rng.permutation(indices), rng.choice(indices, size=k - len(indices))])
