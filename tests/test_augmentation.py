@@ -147,9 +147,15 @@ def test_multiplicity_needs_settings():
                               noise_multiplier=1.0, max_grad_norm=1.0, seed=0, views=2)
 
 
-def test_a_patient_record_clips_the_mean_of_its_images():
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_patient_record_clips_the_mean_of_its_images(chunked, monkeypatch):
     """Records of M images (a patient's, P×M×… with labels P×M): a noise-free DP step is
-    Σ_patients clip(mean over the patient's M images of ∇ℓ), as for views."""
+    Σ_patients clip(mean over the patient's M images of ∇ℓ), as for views -- also when the
+    step runs in chunks of records to bound the per-input gradients' memory."""
+    from fedmed.client.privacy import dp_sgd
+
+    if chunked:  # one record per chunk
+        monkeypatch.setattr(dp_sgd, "MAX_PER_SAMPLE_VALUES", 1)
     model = _tiny()
     x = _images(n=12, side=4, seed=2).reshape(4, 3, 1, 4, 4)
     y = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 1, 0], [0, 0, 0]])

@@ -352,7 +352,10 @@ def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
     With augmentation, `generator` draws the transforms; with K views per record, the
     batch of B records is run as B·K views and each record's K per-view gradients are
     averaged before the optimizer clips them, so Opacus still sees B records. Records of
-    M images are run the same way, as B·M·K inputs averaged per record.
+    M images are run the same way, as B·M·K inputs averaged per record. Per-input
+    gradients take B·M·K times the model's size in memory, so a large batch of such
+    records runs in chunks whose clipped sums Opacus accumulates (its skipped steps)
+    before it adds the step's noise once: the same step, in bounded memory.
     """
     optimizer = training.optimizer
     optimizer.zero_grad(set_to_none=True)
@@ -360,26 +363,52 @@ def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
         _zero_record_gradients(training)
         optimizer.step()
         return 0.0
-    views = training.views
-    if training.images_per_record > 1:  # records of several images, laid out record-major
+    per_record = training.views * training.images_per_record
+    if per_record == 1:
+        loss = _backward(training, xb, yb, generator)
+        optimizer.step()
+        return loss
+    chunk = max(1, MAX_PER_SAMPLE_VALUES // (per_record * _trained_values(training)))
+    total = 0.0
+    for start in range(0, len(xb), chunk):
+        last = start + chunk >= len(xb)
+        if start:
+            optimizer.zero_grad(set_to_none=True)  # keeps the clipped sum of the skipped steps
+        total += _backward(training, xb[start:start + chunk], yb[start:start + chunk], generator) \
+            * len(xb[start:start + chunk])
+        for p in optimizer.params:
+            if getattr(p, "grad_sample", None) is not None:
+                p.grad_sample = average_views(p.grad_sample, per_record)
+        if not last:
+            optimizer.signal_skip_step(do_skip=True)
+        optimizer.step()
+    return total / len(xb)
+
+
+MAX_PER_SAMPLE_VALUES = 150_000_000
+"""Per-input gradient values (float32: 600 MB) one chunk of a multi-input step may hold."""
+
+
+def _trained_values(training: PrivateTraining) -> int:
+    return sum(p.numel() for p in training.optimizer.params)
+
+
+def _backward(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
+              generator: torch.Generator | None) -> float:
+    """Forward and backward of B records (their images and views laid out record-major)."""
+    if training.images_per_record > 1:
         xb, yb = xb.flatten(0, 1), yb.flatten()
     if training.augment is not None:
         if generator is None:
             raise ValueError("DP-SGD: augmentation needs a generator")
-        xb = augment(repeat_views(xb, views), training.augment, generator)
-        yb = repeat_views(yb, views)
+        xb = augment(repeat_views(xb, training.views), training.augment, generator)
+        yb = repeat_views(yb, training.views)
     with warnings.catch_warnings():
         # The first layer's input never requires a gradient; PyTorch then notes that
         # Opacus' full backward hooks see only output gradients, which is all they use.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss = training.criterion(training.model(xb), yb)
         loss.backward()
-    per_record = views * training.images_per_record
-    if per_record > 1:
-        for p in optimizer.params:
-            if getattr(p, "grad_sample", None) is not None:
-                p.grad_sample = average_views(p.grad_sample, per_record)
-    optimizer.step()
     return float(loss.detach())
 
 
