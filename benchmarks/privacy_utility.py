@@ -181,7 +181,7 @@ def markdown(setup: Setup, results: list[Result]) -> str:
         f"3 synthetic CT sites × {setup.images_per_site} images (abnormal 50/30/15 %), "
         f"{setup.image_size}×{setup.image_size}, cnn, batch {setup.batch_size}, "
         f"{setup.rounds} rounds × {setup.epochs} local epochs; without DP {setup.optimizer} lr "
-        f"{setup.lr:g}, with DP the DP recipe (SGD with momentum, "
+        f"{setup.lr:g}, with DP the DP recipe's SGD ("
         f"lr {FederationConfig().dp_lr:g} cosine-decayed); "
         f"clip norm C = {setup.max_grad_norm:g}, δ = default_delta(N), seed {setup.seed}.",
         f"Measured {date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores), "
