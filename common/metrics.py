@@ -1,8 +1,11 @@
 """Classification metrics of held-out splits: from predictions, and from score histograms.
 
 A site never sends predictions. For a binary task it sends, per true class k, a histogram
-of the model's score P(class 1) in `HIST_BINS` equal-width bins on [0, 1]
-(`score_histograms`; key `histogram_key(k)`), noised when its DP is on. Everything else
+of the model's score P(class 1) in `HIST_BINS` bins (`score_histograms`; key
+`histogram_key(k)`), noised when its DP is on. The bins are equal-width in the score's
+logit, log(p / (1 − p)), on [−LOGIT_RANGE, LOGIT_RANGE] (`bin_edges`), not in p: a model
+trained with DP often puts every score within a few hundredths of 0 or 1, where
+equal-width bins in p would hold all images in one bin and lose their ranking. Everything else
 is derived from those histograms (`histogram_metrics`), at the site and again at the
 coordinator, which pools the sites' histograms into one, chooses the federation's
 operating threshold on it (`choose_threshold`: the largest balanced accuracy, i.e.
@@ -22,7 +25,10 @@ import numpy as np
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "sensitivity", "specificity")
 HIST_BINS = 20
-"""Bins of the score histograms on [0, 1]; a reader takes B from the list's length."""
+"""Bins of the score histograms; a reader takes B from the list's length."""
+LOGIT_RANGE = 8.0
+"""The inner bin edges span logits −8..8 (scores 0.0003..0.9997); the two outer bins
+take everything beyond, so every score has a bin. Edges are fixed, never fitted to data."""
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -31,11 +37,18 @@ def histogram_key(true_class: int) -> str:
     return f"score-hist-{true_class}"
 
 
+def bin_edges(bins: int) -> np.ndarray:
+    """The B + 1 score edges of B histogram bins: 0, then equal steps in logit from
+    −LOGIT_RANGE to LOGIT_RANGE, then 1 (with B even, 0.5 is an edge)."""
+    logits = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins - 1) if bins > 2 else np.zeros(bins - 1)
+    return np.concatenate([[0.0], 1.0 / (1.0 + np.exp(-logits)), [1.0]])
+
+
 def score_histograms(scores: np.ndarray, labels: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
-    """(2, bins) counts of the score P(class 1) per true class (0, 1); a score of exactly 1
-    falls in the last bin."""
+    """(2, bins) counts of the score P(class 1) per true class (0, 1), in the bins of
+    `bin_edges`; a score on an edge falls in the bin above it, a score of 1 in the last."""
     scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
-    index = np.minimum((scores * bins).astype(np.int64), bins - 1)
+    index = np.clip(np.searchsorted(bin_edges(bins), scores, side="right") - 1, 0, bins - 1)
     out = np.zeros((2, bins), dtype=np.float64)
     for k in (0, 1):
         out[k] = np.bincount(index[np.asarray(labels) == k], minlength=bins)
@@ -101,8 +114,7 @@ def auc_from_histograms(hist: np.ndarray) -> float:
 def confusion_at(hist: np.ndarray, threshold: float) -> np.ndarray:
     """[[TN, FP], [FN, TP]] ([true][predicted]) when a score >= ``threshold`` is class 1
     (``threshold`` is taken to the nearest bin edge)."""
-    bins = hist.shape[1]
-    edge = int(min(max(round(threshold * bins), 0), bins))
+    edge = int(np.argmin(np.abs(bin_edges(hist.shape[1]) - threshold)))
     neg, pos = hist[0], hist[1]
     return np.array([[neg[:edge].sum(), neg[edge:].sum()], [pos[:edge].sum(), pos[edge:].sum()]])
 
@@ -114,8 +126,7 @@ def choose_threshold(hist: np.ndarray) -> float:
     if hist[0].sum() <= 0 or hist[1].sum() <= 0:
         return DEFAULT_THRESHOLD
     best, best_key = DEFAULT_THRESHOLD, None
-    for edge in range(bins + 1):
-        t = edge / bins
+    for t in bin_edges(bins).tolist():
         key = (_rates(confusion_at(hist, t))[2], -abs(t - DEFAULT_THRESHOLD))
         if best_key is None or key > best_key:
             best, best_key = t, key
@@ -134,14 +145,13 @@ def _rates(confusion: np.ndarray) -> tuple[float, float, float]:
 def histogram_metrics(hist: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, object]:
     """Every metric of a held-out split derived from its score histograms, at ``threshold``.
 
-    The loss is the cross-entropy of each bin's centre score (an approximation: the
-    histogram keeps no finer score).
+    The loss is the cross-entropy of each bin's middle score (the midpoint of its edges
+    in logit; an approximation: the histogram keeps no finer score).
     """
-    bins = hist.shape[1]
     total = float(hist.sum())
     confusion = confusion_at(hist, threshold)
     sens, spec, balanced = _rates(confusion)
-    centres = (np.arange(bins) + 0.5) / bins
+    centres = bin_centres(hist.shape[1])
     loss = (-(hist[1] * np.log(centres)).sum() - (hist[0] * np.log(1 - centres)).sum()) / total \
         if total > 0 else math.nan
     fpr, tpr = roc_from_histograms(hist)
@@ -157,6 +167,15 @@ def histogram_metrics(hist: np.ndarray, threshold: float = DEFAULT_THRESHOLD) ->
         "roc": {"fpr": fpr, "tpr": tpr},
         "threshold": float(threshold),
     }
+
+
+def bin_centres(bins: int) -> np.ndarray:
+    """Each bin's middle score: the sigmoid of its edges' mean logit (the outer bins: half
+    a step beyond the last inner edge)."""
+    logits = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins - 1) if bins > 2 else np.zeros(bins - 1)
+    step = logits[1] - logits[0] if bins > 2 else 2 * LOGIT_RANGE
+    middle = np.concatenate([[logits[0] - step / 2], (logits[:-1] + logits[1:]) / 2, [logits[-1] + step / 2]])
+    return 1.0 / (1.0 + np.exp(-middle))
 
 
 def evaluation_round(site_metrics: Mapping[str, Mapping[str, object]]) -> tuple[dict[str, dict], dict | None]:

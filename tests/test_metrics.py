@@ -56,15 +56,16 @@ def test_aggregate_is_example_weighted_and_skips_undefined():
 
 # ----------------------------------------------------------------------------- histograms
 def test_histogram_metrics_equal_those_of_the_binned_scores():
-    from fedmed.common.metrics import (HIST_BINS, binary_auc, classification_metrics, histogram_metrics,
-                                       score_histograms)
+    from fedmed.common.metrics import (HIST_BINS, bin_centres, bin_edges, binary_auc, classification_metrics,
+                                       histogram_metrics, score_histograms)
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, size=300)
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
     hist = score_histograms(scores, labels)
     assert hist.shape == (2, HIST_BINS) and hist.sum() == 300 and hist[1].sum() == labels.sum()
-    binned = (np.minimum((scores * HIST_BINS).astype(int), HIST_BINS - 1) + 0.5) / HIST_BINS
+    index = np.clip(np.searchsorted(bin_edges(HIST_BINS), scores, side="right") - 1, 0, HIST_BINS - 1)
+    binned = bin_centres(HIST_BINS)[index]
     derived = histogram_metrics(hist, 0.5)
     exact = classification_metrics(np.stack([1 - binned, binned], axis=1), labels, 0.0)
     assert derived["auc"] == pytest.approx(binary_auc(binned, labels == 1))
@@ -76,17 +77,17 @@ def test_histogram_metrics_equal_those_of_the_binned_scores():
 
 
 def test_the_pooled_threshold_maximises_balanced_accuracy():
-    from fedmed.common.metrics import (choose_threshold, consistent_counts, evaluation_round, histogram_key,
-                                       histogram_metrics)
+    from fedmed.common.metrics import (bin_edges, choose_threshold, consistent_counts, evaluation_round,
+                                       histogram_key, histogram_metrics)
 
     neg = [0.0] * 20
     pos = [0.0] * 20
-    neg[2], neg[8] = 50, 50     # negatives score 0.1-0.15 and 0.4-0.45
+    neg[2], neg[8] = 50, 50     # negatives in two low bins
     pos[9], pos[15] = 5, 45     # positives mostly high, a few just above the negatives
     site = {histogram_key(0): neg, histogram_key(1): pos, "num-examples": 150}
     per_site, pooled = evaluation_round({"A": site, "B": site, "old": {"accuracy": 0.7}})
     assert set(per_site) == {"A", "B"}
-    assert pooled["threshold"] == pytest.approx(0.45)  # between the two groups: every image right
+    assert pooled["threshold"] == pytest.approx(bin_edges(20)[9])  # between the groups: every image right
     assert pooled["balanced_accuracy"] == pytest.approx(1.0)
     assert pooled["confusion"] == [[200.0, 0.0], [0.0, 100.0]]
     assert histogram_metrics(np.array([neg, pos]), 0.5)["sensitivity"] == pytest.approx(0.9)
@@ -97,3 +98,18 @@ def test_the_pooled_threshold_maximises_balanced_accuracy():
     assert (counts >= 0).all() and counts[1].sum() == pytest.approx(6.0)
     assert np.array_equal(consistent_counts(np.array([neg, pos])), np.array([neg, pos]))
     assert evaluation_round({"old": {"accuracy": 0.7}}) == ({}, None)
+
+
+def test_scores_squeezed_near_0_keep_their_ranking():
+    """Bins equal in logit: scores all below 0.05 (as a DP-trained model gives) still fall
+    in several bins, so the histogram AUC stays near the exact one."""
+    from fedmed.common.metrics import bin_edges, binary_auc, histogram_metrics, score_histograms
+
+    edges = bin_edges(20)
+    assert edges[0] == 0 and edges[-1] == 1 and edges[10] == 0.5 and np.all(np.diff(edges) > 0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=400)
+    scores = 1 / (1 + np.exp(-np.minimum(rng.normal(-6 + 2 * labels, 0.8), -3.0)))   # all below 0.05
+    assert scores.max() < 0.05
+    derived = histogram_metrics(score_histograms(scores, labels), 0.5)
+    assert derived["auc"] == pytest.approx(binary_auc(scores, labels == 1), abs=0.02)
