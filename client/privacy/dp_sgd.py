@@ -396,7 +396,7 @@ def _trained_values(training: PrivateTraining) -> int:
 def _backward(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
               generator: torch.Generator | None) -> float:
     """Forward and backward of B records (their images and views laid out record-major)."""
-    if training.images_per_record > 1:
+    if yb.dim() == 2:  # records of several images (N×M), laid out record-major
         xb, yb = xb.flatten(0, 1), yb.flatten()
     if training.augment is not None:
         if generator is None:
