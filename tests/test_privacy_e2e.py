@@ -196,7 +196,7 @@ def test_a_client_restarted_mid_run_continues_its_ledger(synthetic_sites: Path, 
 
 
 def test_patient_level_privacy(synthetic_sites: Path, tmp_path: Path):
-    """`--privacy-unit patient`: a patient's images are one record, the accountant's sample
+    """`--privacy-unit patient`: a patient is one record, the accountant's sample
     rate over patients, every ledger row saying so, and ε as Google's PLD computes it."""
     import math
 
