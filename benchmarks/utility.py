@@ -403,7 +403,7 @@ class PretrainedStart:
     seconds: float
 
     def describe(self) -> dict[str, Any]:
-        return {"data": f"{pneumonia.NPZ_DISPLAY}, official val split, a stratified half "
+        return {"data": f"`{Path(pneumonia.NPZ_DISPLAY).name}`'s official val split, a stratified half "
                         f"({len(self.val_indices)} of {len(self.val_indices) + len(self.sites_val)} images)",
                 "train_images": self.train_images, "check_images": self.check_images,
                 "check_auc": self.check_auc, "epochs": self.epochs, "seconds": self.seconds,
