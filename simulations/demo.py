@@ -75,7 +75,7 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
     # a short DP federation afterwards shows what DP costs on sites this small.
     emit("differential privacy is OFF in this federation, for speed: its sites are too small for "
          "DP-SGD to learn (see docs/privacy.md); `fedmed client` and `fedmed simulate` use DP by default, "
-         + (f"and a short DP federation of the same sites follows" if dp_rounds > 0 else "as the README's examples show"))
+         + ("and a short DP federation of the same sites follows" if dp_rounds > 0 else "as the README's examples show"))
     emit(progress.header())
     status = simulate(dicom_sites(data_dir, out / "state", PrivacyPolicy(enabled=False)), config, run_dir,
                       meta={"dp": False, "demo": True},
