@@ -16,6 +16,10 @@ Besides the arg-max figures, each row reports sensitivity, specificity and balan
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
 (the threshold that maximises balanced accuracy there): what a federation's operating
 threshold does, here computed without noise from the pooled validation images.
+
+A separate set of rows (keys ``pretrained-start``, ``pretrained-dp-eps<E>``; select them
+with ``FEDMED_UTILITY_ROWS``) starts the DP federations from a model pretrained on half of
+the official val split, which no site then holds (`_pretrained_start`).
 """
 
 from __future__ import annotations
