@@ -203,9 +203,19 @@ def _pretrained_rows(pre: dict[str, Any], rows: list[dict[str, Any]], plan: dict
         *[_utility_row(r) for r in rows],
         "",
         *([("Test AUC without → with the pretrained start, same ε and seed: " + "; ".join(changes) + "."
-            + (f" The start alone scores {_num(start['test'][0]['auc'], 3)}." if start else ""))] if changes else []),
+            + (_against_start(start, rows) if start else ""))] if changes else []),
         "",
     ]
+
+
+def _against_start(start: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The pretrained start alone against the federations that began from it."""
+    alone = start["test"][0]["auc"]
+    runs = [t["auc"] for r in rows if r is not start for t in r["test"]]
+    below = sum(1 for a in runs if a < alone)
+    return (f" The start alone (the same for every seed) scores {_num(alone, 3)}; "
+            f"{below} of the {len(runs)} DP federations that began from it end below that: "
+            "there the DP-SGD rounds on the sites cost the model more than they taught it.")
 
 
 def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
