@@ -150,6 +150,74 @@ def _figure(figures: dict[str, str | None], key: str, caption: str) -> list[str]
     return [f"![{caption}]({PLOTS}/{figures[key]})", ""] if figures.get(key) else []
 
 
+# Rows that start from a pretrained model: a table of their own, apart from the targets'
+# rows (which have no public pretraining).
+PRETRAINED = "pretrained-"
+_UTILITY_HEADER = [
+    "| setting | ACC | AUC | AUC per seed | bal. ACC | sensitivity | specificity | at the val threshold: sens. / spec. / bal. ACC | worst-site ACC (val) | rounds | wall s | s/round | start-up s |",
+    "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|",
+]
+
+
+def _utility_row(r: dict[str, Any]) -> str:
+    per_seed = ", ".join(_num(v, 3) for v in _row_metric(r, "auc")) if len(r["test"]) > 1 else "–"
+    at = (f"{_pm(_row_metric(r, 'sensitivity_at_threshold'))} / {_pm(_row_metric(r, 'specificity_at_threshold'))} / "
+          f"{_pm(_row_metric(r, 'balanced_accuracy_at_threshold'))}")
+    return (f"| {r['label']} | {_pm(_row_metric(r, 'accuracy'))} | {_pm(_row_metric(r, 'auc'))} | {per_seed} | "
+            f"{_pm(_row_metric(r, 'balanced_accuracy'))} | "
+            f"{_pm(_row_metric(r, 'sensitivity'))} | {_pm(_row_metric(r, 'specificity'))} | {at} | "
+            f"{_pm(r['worst_site_val_acc'])} | {r['rounds'] if r['seeds'] and r['wall_s'] else '–'} | "
+            f"{_pm(r['wall_s'], 0)} | {_pm(r['per_round_s'], 2)} | {_pm(r['startup_s'], 0)} |")
+
+
+def _pretrained_rows(pre: dict[str, Any], rows: list[dict[str, Any]], plan: dict[str, Any],
+                     by_key: dict[str, dict[str, Any]]) -> list[str]:
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    # Each pretrained DP row against the row above with the same ε, seed by seed.
+    changes = []
+    for r in rows:
+        plain = by_key.get(r["key"][len(PRETRAINED):])
+        if plain is None:
+            continue
+        before = dict(zip(plain["seeds"], _row_metric(plain, "auc")))
+        pairs = [f"seed {sd}: {_num(before[sd], 3)} → {_num(t['auc'], 3)}"
+                 for sd, t in zip(r["seeds"], r["test"]) if sd in before]
+        if pairs:
+            changes.append(f"{r['label'].split(' + ', 1)[1]}: " + ", ".join(pairs))
+    start = next((r for r in rows if r["key"] == PRETRAINED + "start" and r["test"]), None)
+    return [
+        "**A separate set of rows with a pretrained start** (`--init-from`; not part of the targets above, "
+        "which have no pretraining). The starting model: `dpcnn` trained by `fedmed pretrain`'s function "
+        f"(Adam, lr {plan['lr']:g}, batch {plan['batch']}, {pre.get('epochs', '?')} epochs, no DP) on "
+        f"{pre.get('data', '?')}: {pre.get('train_images', '?')} images to train, "
+        f"{pre.get('check_images', '?')} to check it (AUC {_num(pre.get('check_auc'), 3)}) and set its threshold. "
+        "Those images overlap nothing a run uses: the test split is untouched, the sites' training parts are "
+        "the train split's (the same partitions as the rows above), and the sites hold only the other "
+        f"{pre.get('sites_val_images', '?')} val images, on which the *at the val threshold* columns of these rows "
+        "choose their threshold. The DP rows then train every weight with the DP recipe, from that start; "
+        f"seeds {seeds}. With half the val split kept back a small site's val part can be a handful of "
+        "images, so the coordinator's example-count check (`--max-example-ratio`) may leave a site's "
+        "evaluation out of a round and the worst-site column is rough; the test figures are unaffected.",
+        "",
+        *_UTILITY_HEADER,
+        *[_utility_row(r) for r in rows],
+        "",
+        *([("Test AUC without → with the pretrained start, same ε and seed: " + "; ".join(changes) + "."
+            + (_against_start(start, rows) if start else ""))] if changes else []),
+        "",
+    ]
+
+
+def _against_start(start: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The pretrained start alone against the federations that began from it."""
+    alone = start["test"][0]["auc"]
+    runs = [t["auc"] for r in rows if r is not start for t in r["test"]]
+    below = sum(1 for a in runs if a < alone)
+    return (f" The start alone (the same for every seed) scores {_num(alone, 3)}; "
+            f"{below} of the {len(runs)} DP federations that began from it end below that: "
+            "there the DP-SGD rounds on the sites cost the model more than they taught it.")
+
+
 def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
     lines: list[str] = []
     plan, data = section["plan"], section["data"]
@@ -187,19 +255,10 @@ def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[st
         "s/round: mean of rounds 2..R without it; start-up: wall − R × s/round (Ray, its actors, "
         "the sites' first data load). Local-only cells: the mean over the sites (the worst site below).",
         "",
-        "| setting | ACC | AUC | AUC per seed | bal. ACC | sensitivity | specificity | at the val threshold: sens. / spec. / bal. ACC | worst-site ACC (val) | rounds | wall s | s/round | start-up s |",
-        "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|",
+        *_UTILITY_HEADER,
     ]
-    for r in section["rows"]:
-        per_seed = ", ".join(_num(v, 3) for v in _row_metric(r, "auc")) if len(r["test"]) > 1 else "–"
-        at = (f"{_pm(_row_metric(r, 'sensitivity_at_threshold'))} / {_pm(_row_metric(r, 'specificity_at_threshold'))} / "
-              f"{_pm(_row_metric(r, 'balanced_accuracy_at_threshold'))}")
-        lines.append(
-            f"| {r['label']} | {_pm(_row_metric(r, 'accuracy'))} | {_pm(_row_metric(r, 'auc'))} | {per_seed} | "
-            f"{_pm(_row_metric(r, 'balanced_accuracy'))} | "
-            f"{_pm(_row_metric(r, 'sensitivity'))} | {_pm(_row_metric(r, 'specificity'))} | {at} | "
-            f"{_pm(r['worst_site_val_acc'])} | {r['rounds']} | {_pm(r['wall_s'], 0)} | "
-            f"{_pm(r['per_round_s'], 2)} | {_pm(r['startup_s'], 0)} |")
+    pretrained = [r for r in section["rows"] if r["key"].startswith(PRETRAINED)]
+    lines += [_utility_row(r) for r in section["rows"] if not r["key"].startswith(PRETRAINED)]
     for name, acc, auc, note in REFERENCE:
         lines.append(f"| *MedMNIST v2 paper: {name}* ({note}) | {acc:.3f} | {auc:.3f} | – | – | – | – | – | – | – | – | – | – |")
     lines.append("")
@@ -226,6 +285,8 @@ def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[st
         "is worth; the effect of each other choice, measured one by one, is in docs/privacy.md.",
         "",
     ]
+    if pretrained:
+        lines += _pretrained_rows(section.get("pretraining") or {}, pretrained, section["plan"], by_key)
     local = next((r for r in section["rows"] if r["key"] == "local"), None)
     if local and local["local_sites"]:
         lines += ["Local-only, per site (test split):", "",

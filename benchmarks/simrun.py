@@ -117,11 +117,12 @@ def site_costs(sites: list[Site], config: FederationConfig, threads: int = 1,
 
 
 def run(label: str, sites: list[Site], config: FederationConfig, run_dir: Path,
-        cpus_per_site: float = 1.0, time_eval: bool = False) -> SimRun:
+        cpus_per_site: float = 1.0, time_eval: bool = False, meta: dict[str, Any] | None = None) -> SimRun:
     """Simulate `sites` under `config` into `run_dir` and time it.
 
     time_eval: also time each site's evaluation and data load here (see `site_costs`)
         and put the evaluation times in the rounds whose records lack them.
+    meta: more of config.json's run description, e.g. a starting model (`init_from`, `freeze`).
     """
     # `fedmed client` creates a site's state folder before the site trains; the sites of
     # `npz_sites` get none, and a DP site writes its privacy plan there in round 1.
@@ -131,7 +132,7 @@ def run(label: str, sites: list[Site], config: FederationConfig, run_dir: Path,
     started = time.perf_counter()
     cpu_marks: list[float] = []
     with TreeMemory() as memory:
-        status = simulate(sites, config, run_dir, cpus_per_site=cpus_per_site, meta={"benchmark": label},
+        status = simulate(sites, config, run_dir, cpus_per_site=cpus_per_site, meta={"benchmark": label, **(meta or {})},
                           on_round=lambda _record: cpu_marks.append(memory.cpu_seconds()))
     total = time.perf_counter() - started
     records = read_metrics(run_dir)

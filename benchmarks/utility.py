@@ -16,6 +16,10 @@ Besides the arg-max figures, each row reports sensitivity, specificity and balan
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
 (the threshold that maximises balanced accuracy there): what a federation's operating
 threshold does, here computed without noise from the pooled validation images.
+
+A separate set of rows (keys ``pretrained-start``, ``pretrained-dp-eps<E>``; select them
+with ``FEDMED_UTILITY_ROWS``) starts the DP federations from a model pretrained on half of
+the official val split, which no site then holds (`_pretrained_start`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class Plan:
     subset: dict[str, int | None] | None  # images per split, None = the whole file
     variants: tuple[str, ...]        # which single-seed rows run
     dp_strategy: str = _DP.strategy  # the coordinator's strategy in the DP rows
+    pretrain_epochs: int = 40        # the pretrained start's epochs on its images (few, so many epochs)
 
 
 # Non-DP training: Adam at 1e-3 with batches of 64 learns this task in a few epochs. DP
@@ -83,11 +88,11 @@ class Plan:
 # every ε is run: a DP row must learn at each seed, not on average.
 FULL = Plan(rounds=15, seeds=(0, 1, 2), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
             epsilons=(1.0, 3.0, 8.0), headline_epsilon=3.0, subset=None,
-            variants=("local", "dp", "dp-all-seeds", "ablations"))
+            variants=("local", "dp", "dp-all-seeds", "ablations", "pretrained"))
 SMOKE = Plan(rounds=2, seeds=(0,), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
              epsilons=(3.0,), headline_epsilon=3.0,
              subset={"train": 450, "val": 120, "test": None},
-             variants=("local", "fedadam", "fedavgm", "dp"))
+             variants=("local", "fedadam", "fedavgm", "dp", "pretrained"), pretrain_epochs=2)
 
 
 @dataclass
@@ -203,7 +208,9 @@ def _strategy_was_adaptive(run_dir: Path, rounds: int) -> bool:
 
 def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int, partition: str,
                strategy: str = "fedavg", epsilon: float | None = None, augment: bool = _DP.augment,
-               views: int = 1) -> dict[str, Any]:
+               views: int = 1, start: "PretrainedStart | None" = None) -> dict[str, Any]:
+    """One federated run of `row` at `seed`; `start`: begin from the pretrained model, the
+    sites holding only the val images it was not trained on."""
     dp = epsilon is not None
     privacy = PrivacyPolicy(enabled=True, epsilon=epsilon) if dp else PrivacyPolicy(enabled=False)
     config = FederationConfig(
@@ -215,12 +222,18 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
         min_sites=1 if dp else SITES,
     )
     name = f"{row.key}-seed{seed}"
-    sites = npz_sites(npz, SITES, partition, seed, work / name / "state", privacy)
+    sites = npz_sites(npz, SITES, partition, seed, work / name / "state", privacy,
+                      kept_back_val=None if start is None else start.val_indices)
+    meta = {}
+    if start is not None:
+        from fedmed.common.starting_model import transfer_meta
+
+        meta = transfer_meta(start.model, "none", config)
     # FEDMED_UTILITY_CPUS_PER_SITE=2 on a 2-core machine: one Ray actor takes the sites in
     # turn, half the memory of two (a machine shared with other jobs can run out of it).
     cpus = float(os.environ.get("FEDMED_UTILITY_CPUS_PER_SITE", "1"))
     run = simrun.run(name, sites, config, work / name / "run", cpus_per_site=cpus,
-                     time_eval=row.key == "fedavg-noniid")
+                     time_eval=row.key == "fedavg-noniid", meta=meta)
     if run.status != "completed":
         row.notes.append(f"seed {seed}: run {run.status}: {run.reason}")
         _log(f"{name}: {run.status}: {run.reason}")
@@ -332,6 +345,27 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     for key, label, kwargs in (ablations(plan) if "ablations" in plan.variants else ()):
         if wanted(key):
             keep(_federated(npz, test, val, plan, new(key, label), work, plan.seeds[0], NON_IID, **kwargs))
+    pretraining = None
+    pretrained_keys = ["pretrained-start"] + [f"pretrained-dp-eps{eps:g}" for eps in plan.epsilons]
+    if "pretrained" in plan.variants and any(wanted(k) for k in pretrained_keys):
+        start = _pretrained_start(npz, work, plan)
+        pretraining = start.describe()
+        held = (val[0][start.sites_val], val[1][start.sites_val])  # the val images the sites hold
+        if wanted("pretrained-start"):
+            row = new("pretrained-start", "Pretrained start alone (no federated training)")
+            model = build_model(MODEL, 2, IMAGE.size)
+            model.load_state_dict(load_checkpoint(start.model)["state_dict"])
+            row.seeds.append(0)
+            row.test.append(_test_metrics(model, test, held))
+        for eps in sorted(plan.epsilons, reverse=True):
+            if not wanted(f"pretrained-dp-eps{eps:g}"):
+                continue
+            row = new(f"pretrained-dp-eps{eps:g}", f"Pretrained start + {_strategy_label(plan.dp_strategy)} "
+                      f"+ DP-SGD ε={eps:g}, non-IID")
+            seeds = tuple(sd for sd in plan.seeds if not only_seeds or sd in only_seeds)
+            for seed in seeds:
+                keep(_federated(npz, test, held, plan, row, work, seed, NON_IID, strategy=plan.dp_strategy,
+                                epsilon=eps, start=start))
 
     sizes = pneumonia.split_sizes(npz)
     partition_sizes = {}
@@ -348,7 +382,65 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
                  "partitions_seed0": partition_sizes},
         "rows": [r.to_dict() for r in rows],
         "runs": runs,
+        **({"pretraining": pretraining} if pretraining else {}),
     }
+
+
+# The pretrained start's data: a fixed half of the official val split, drawn once
+# (stratified, its own seed) and the same for every run seed. No site holds those images
+# (the partition is unchanged, the sites' val parts lose them), the test split is
+# untouched, and the sites' training parts are the train split's: nothing a run trains
+# or is scored on overlaps it. The other half stays with the sites as their val data.
+PRETRAIN_VAL_SHARE = 0.5
+PRETRAIN_DRAW_SEED = 2024
+
+
+@dataclass(frozen=True)
+class PretrainedStart:
+    model: Path
+    val_indices: np.ndarray   # the val-split images it was trained (and checked) on
+    sites_val: np.ndarray     # the rest of the val split: what the sites hold
+    train_images: int
+    check_images: int
+    check_auc: float
+    epochs: int
+    seconds: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"data": f"`{Path(pneumonia.NPZ_DISPLAY).name}`'s official val split, a stratified half "
+                        f"({len(self.val_indices)} of {len(self.val_indices) + len(self.sites_val)} images)",
+                "train_images": self.train_images, "check_images": self.check_images,
+                "check_auc": self.check_auc, "epochs": self.epochs, "seconds": self.seconds,
+                "sites_val_images": int(len(self.sites_val))}
+
+
+def _pretrained_start(npz: Path, work: Path, plan: Plan) -> PretrainedStart:
+    """Train the starting model with `fedmed pretrain`'s function on half of the val split
+    (80 % to train, 20 % to check and set its threshold)."""
+    from fedmed.client.pretrain import pretrain
+
+    splits = read_medmnist(npz)
+    vx, vy = splits["val"]
+    rng = np.random.default_rng(PRETRAIN_DRAW_SEED)
+    chosen = pneumonia._stratified(vy, int(round(len(vy) * PRETRAIN_VAL_SHARE)), rng)
+    order = rng.permutation(chosen)
+    cut = int(round(len(order) * 0.8))
+    fit, check = np.sort(order[:cut]), np.sort(order[cut:])
+    source = Path(work) / "pretraining.npz"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(source, train_images=vx[fit], train_labels=vy[fit].reshape(-1, 1),
+                        val_images=vx[check], val_labels=vy[check].reshape(-1, 1),
+                        test_images=vx[check][:0], test_labels=vy[check][:0].reshape(-1, 1))
+    config = FederationConfig(model=MODEL, image=IMAGE, epochs=plan.pretrain_epochs, batch_size=plan.batch,
+                              lr=plan.lr, seed=0)
+    started = time.perf_counter()
+    result = pretrain(config, Path(work) / "pretrained.pt", npz=source)
+    seconds = time.perf_counter() - started
+    _log(f"pretrained start: {result.train_images} images, check AUC {result.val_auc:.3f}, {seconds:.0f} s")
+    return PretrainedStart(model=result.path, val_indices=np.sort(chosen),
+                           sites_val=np.setdiff1d(np.arange(len(vy)), chosen), train_images=result.train_images,
+                           check_images=result.val_images, check_auc=float(result.val_auc),
+                           epochs=plan.pretrain_epochs, seconds=seconds)
 
 
 def ablations(plan: Plan) -> list[tuple[str, str, dict[str, Any]]]:

@@ -159,15 +159,20 @@ def demo(
     rounds: Rounds = 6,
     epochs: Epochs = 3,
     images_per_site: Annotated[int, typer.Option("--images-per-site")] = 240,
+    dp_rounds: Annotated[int, typer.Option("--dp-rounds", help="Rounds of the short DP-SGD federation that follows, for its row (0: none).")] = 2,
 ) -> None:
-    """Synthetic DICOM for three hospitals, then a short federation on this machine.
+    """Synthetic DICOM for three hospitals, a short federation on this machine, then a
+    shorter one with DP-SGD on the same sites.
 
     Example: fedmed demo --out demo
     """
     from fedmed.simulations.demo import run_demo
 
+    if dp_rounds < 0:
+        _fail(f"--dp-rounds: expected 0 or more, got {dp_rounds}")
     try:
-        status = run_demo(out, rounds=rounds, epochs=epochs, images_per_site=images_per_site)
+        status = run_demo(out, rounds=rounds, epochs=epochs, images_per_site=images_per_site,
+                          dp_rounds=dp_rounds)
     except ValueError as exc:
         _fail(str(exc))
     raise typer.Exit(0 if status["status"] == "completed" else 1)

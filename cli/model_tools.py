@@ -20,6 +20,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fedmed.common.federation import FederationConfig
+
 
 # Options of `simulate` and `server start` that start a federation from a saved model.
 InitFrom = Annotated[Optional[Path], typer.Option(
@@ -139,15 +141,19 @@ def evaluate(
         typer.echo(f"wrote {json_out}")
 
 
+# The federation's default model, so that a default pretrain fits a default federation.
+_DEFAULT_MODEL = FederationConfig.model
+
+
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="The model file to write (start a federation from it with --init-from).")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="A labelled DICOM folder the coordinator may use (public data).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="A labelled DICOM folder the coordinator may use (public data), or a folder of such folders each with its labels.csv.")] = None,
     npz: Annotated[Optional[Path], typer.Option("--npz", help="A MedMNIST-style .npz: trains on its train split, validates on val.")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training images.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "adam",
-    model: Annotated[str, typer.Option("--model", help="cnn or resnet18: the federation's --model.")] = "cnn",
+    model: Annotated[str, typer.Option("--model", help="dpcnn, cnn or resnet18: the federation's --model.")] = _DEFAULT_MODEL,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz); the federation's --image-size.")] = None,
     window: Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Class names, in label order: the federation's --classes.")] = None,

@@ -6,7 +6,8 @@ the site's image pipeline on this machine's data, so it lives on the image side 
 the coordinator's code (`fedmed.server`) only ever loads the saved model file.
 
 A DICOM folder is read exactly as a site reads its own (`load_dicom_site`, split by
-patient with the config's validation fraction and seed); a MedMNIST-style `.npz` trains
+patient with the config's validation fraction and seed), and a folder of such folders (one
+per scanner or source, each with its labels.csv) as their union; a MedMNIST-style `.npz` trains
 on its `train` split and validates on its `val` split. The held-out part picks the model's
 operating threshold (balanced accuracy, `fedmed.common.operating_point`) and reports its
 AUC; both are stored in the model file. Make sure the pretraining data does not overlap
@@ -66,11 +67,29 @@ def _load(config: FederationConfig, data_dir, npz, progress: Progress | None):
                 Path(npz).name)
     from fedmed.client.sitedata import load_dicom_site
 
+    folders = _dicom_folders(Path(data_dir))
+    parts = []
     # The decoded-image cache goes to a private folder removed afterwards.
     with tempfile.TemporaryDirectory(prefix="fedmed-pretrain-") as state:
-        data = load_dicom_site(data_dir, state, config.image, config.classes,
-                               val_fraction=config.val_fraction, seed=config.seed, progress=progress)
-    return data.train_x, data.train_y, data.val_x, data.val_y, Path(data_dir).name
+        for i, folder in enumerate(folders):
+            parts.append(load_dicom_site(folder, Path(state) / str(i), config.image, config.classes,
+                                         val_fraction=config.val_fraction, seed=config.seed, progress=progress))
+    return (np.concatenate([d.train_x for d in parts]), np.concatenate([d.train_y for d in parts]),
+            np.concatenate([d.val_x for d in parts]), np.concatenate([d.val_y for d in parts]),
+            Path(data_dir).name)
+
+
+def _dicom_folders(root: Path) -> list[Path]:
+    """The labelled folders under `root`: `root` itself, or, when it has no labels of its
+    own, each sub-folder that has a labels.csv (a folder of sites, as `fedmed data synth`
+    writes them: public data from several scanners)."""
+    from fedmed.client.sitedata.scan import LABELS_FILE
+
+    if root.is_dir() and not (root / LABELS_FILE).is_file():
+        sites = sorted(p for p in root.iterdir() if p.is_dir() and (p / LABELS_FILE).is_file())
+        if sites:
+            return sites
+    return [root]
 
 
 def pretrain(config: FederationConfig, out: str | os.PathLike[str], *,

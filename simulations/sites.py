@@ -74,11 +74,14 @@ def _npz_site_loader(npz_path: Path, train_idx: np.ndarray, val_idx: np.ndarray)
 
 
 def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_root: Path,
-              privacy: PrivacyPolicy = PrivacyPolicy()) -> list[Site]:
+              privacy: PrivacyPolicy = PrivacyPolicy(), kept_back_val: np.ndarray | None = None) -> list[Site]:
     """`num_sites` sites holding disjoint parts of the file's train and val splits.
 
     Train and val are partitioned with the same scheme, so a site's held-out split looks
     like its training split (as a hospital's own validation data would).
+    kept_back_val: indices of the val split that no site holds (kept back for another use,
+    such as pretraining a starting model); the partition itself, and so every site's
+    training part, is the same with or without them.
     """
     from fedmed.client.sitedata import read_medmnist
 
@@ -90,6 +93,8 @@ def npz_sites(npz_path: Path, num_sites: int, partition: str, seed: int, state_r
     parts = partition_indices(labels, num_sites, partition, seed)
     train_parts = [p[p < n_train] for p in parts]
     val_parts = [p[p >= n_train] - n_train for p in parts]
+    if kept_back_val is not None:
+        val_parts = [v[~np.isin(v, kept_back_val)] for v in val_parts]
     return [
         Site(name=f"site{i}", state_dir=Path(state_root) / f"site{i}",
              load_data=_npz_site_loader(Path(npz_path).resolve(), train_parts[i], val_parts[i]),
