@@ -41,9 +41,11 @@ class Relay:
     down: int = 0    # coordinator -> site
     connections: int = 0
     requests: int = 0  # Fleet API requests (HTTP request lines going up)
+    trace: list | None = None  # a list here gets (perf_counter, call) for every request
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._calls: dict[str, int] = {}  # requests per Fleet call (pull-object, ...)
         self._server = socket.create_server(("127.0.0.1", self.port))
         self.port = self._server.getsockname()[1]
         self._closed = False
@@ -68,6 +70,7 @@ class Relay:
 
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         tail = b""
+        name = None  # a request line's call name cut off by the end of a read
         try:
             while True:
                 data = src.recv(_CHUNK)
@@ -81,6 +84,7 @@ class Relay:
                     setattr(self, direction, getattr(self, direction) + len(data))
                     if direction == "up":
                         self.requests += seen.count(_REQUEST)
+                        name = self._count_calls(seen, name, data)
         except OSError:
             pass
         finally:
@@ -89,6 +93,25 @@ class Relay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _count_calls(self, seen: bytes, name: bytes | None, data: bytes) -> bytes | None:
+        """Count each request line by its call name; return the start of a name this read
+        cut off."""
+        pieces = [name + data] if name is not None else []
+        pieces += [seen[at + len(_REQUEST):] for at in _finds(seen, _REQUEST)]
+        for piece in pieces:
+            end = piece.find(b" ")
+            if end < 0:
+                return piece if len(piece) < 64 else None
+            call = piece[:end].decode(errors="replace")
+            self._calls[call] = self._calls.get(call, 0) + 1
+            if self.trace is not None:
+                self.trace.append((time.perf_counter(), call))
+        return None
+
+    def call_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
@@ -101,6 +124,14 @@ class Relay:
     def close(self) -> None:
         self._closed = True
         self._server.close()
+
+
+def _finds(data: bytes, needle: bytes) -> list[int]:
+    found, at = [], data.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
 
 
 def _fedmed_cmd() -> list[str]:
@@ -170,7 +201,9 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
                     boundaries.append({"t": time.perf_counter() - started,
                                        "bytes": {s: relays[s].counts() for s in sites},
                                        "requests": {s: relays[s].request_count() for s in sites},
-                                       "cpu_s": memory.cpu_seconds()})
+                                       "cpu_s": memory.cpu_seconds(),
+                                       "cpu_by_kind": memory.cpu_by_kind(),
+                                       "calls": {s: relays[s].call_counts() for s in sites}})
                 code = server.poll()
                 if code is not None:
                     break
@@ -196,6 +229,8 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
             "bytes_down": {s: mark["bytes"][s][1] - previous[s][1] for s in sites},
             "requests": {s: mark["requests"][s] - previous_requests[s] for s in sites},
             "cpu_s": mark["cpu_s"],
+            "cpu_by_kind": mark["cpu_by_kind"],
+            "calls": mark["calls"],
         })
         previous, previous_requests = mark["bytes"], mark["requests"]
     log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""

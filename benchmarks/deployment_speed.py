@@ -130,13 +130,13 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
                      config, work / "sim-run")
     _log("deployment on loopback")
     dep = deployment.run(data, SITES, work / "deployment", rounds=config.rounds, image_size=28, batch_size=32,
-                         timeout=900.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
+                         timeout=900.0, extra=["--model", "cnn", "--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
                          site_env=ONE_CPU)
     # A consortium repeats experiments: the sites' decoded-image caches from the first run
     # are there, as they are for any run after a site's first.
     _log("deployment again, sites' caches warm: launch → end of round 1")
     warm = deployment.run(data, SITES, work / "deployment", rounds=1, image_size=28, batch_size=32,
-                          timeout=600.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
+                          timeout=600.0, extra=["--model", "cnn", "--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
                           site_env=ONE_CPU)
     _log("idle site request rate")
     idle = idle_rate(data / "A", work / "idle", size["idle_s"])
