@@ -46,12 +46,28 @@ class Relay:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, int] = {}  # requests per Fleet call (pull-object, ...)
-        self._server = socket.create_server(("127.0.0.1", self.port))
+        # Bound now (the port is the relay's), listening only once the target is: until then
+        # a site connecting here is refused, as it would be by the coordinator's own port.
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.bind(("127.0.0.1", self.port))
         self.port = self._server.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name=f"relay-{self.port}").start()
 
+    def _wait_for_target(self) -> None:
+        while not self._closed:
+            try:
+                socket.create_connection(self.target, timeout=1.0).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+
     def _accept(self) -> None:
+        self._wait_for_target()
+        try:
+            self._server.listen()
+        except OSError:
+            return
         while not self._closed:
             try:
                 client, _ = self._server.accept()
