@@ -46,6 +46,7 @@ class Relay:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, int] = {}  # requests per Fleet call (pull-object, ...)
+        self.first_call: dict[str, float] = {}  # perf_counter of each call's first request
         # Bound now (the port is the relay's), listening only once the target is: until then
         # a site connecting here is refused, as it would be by the coordinator's own port.
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -121,6 +122,7 @@ class Relay:
                 return piece if len(piece) < 64 else None
             call = piece[:end].decode(errors="replace")
             self._calls[call] = self._calls.get(call, 0) + 1
+            self.first_call.setdefault(call, time.perf_counter())
             if self.trace is not None:
                 self.trace.append((time.perf_counter(), call))
         return None
@@ -258,6 +260,9 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
         "total_s": total,
         "time_to_round1_s": per_round[0]["end_s"] if per_round else None,
         "relay_connections": {s: r.connections for s, r in relays.items()},
+        # When each site first made each Fleet call, s from launch: its start-up timeline
+        # (register-node: joined; get-run: its first message of the run).
+        "first_call_s": {s: {c: t - started for c, t in r.first_call.items()} for s, r in relays.items()},
         "memory": memory.summary(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
