@@ -21,6 +21,7 @@ after its last completed round.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -281,6 +282,12 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         return cmd + ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
                       "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
 
+    # The app bundle and its hash (for the audit log) do not need the SuperLink: the hash,
+    # whose Flower import takes a second or two, is worked out while the SuperLink starts.
+    app_dir = options.app_dir or write_app_dir(out_dir / ".app")
+    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-hash")
+    app_hash_soon = hashing.submit(_app_hash, app_dir)
+    hashing.shutdown(wait=False)
     children: list[Child] = []
     previous_handler = None
     if _is_main_thread():
@@ -329,9 +336,8 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
             "join_timeout": options.join_timeout, **transfer,
         })
-        app_dir = options.app_dir or write_app_dir(out_dir / ".app")
-        app_hash = _app_hash(app_dir)
         run_id = _submit(out_dir, home, app_dir)
+        app_hash = app_hash_soon.result()
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
                      address=f"{host}:{port}", tls=not options.insecure, sites=sorted(sites.values()),
                      rounds=config.rounds, resumed_after_round=resume_from or None)
