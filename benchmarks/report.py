@@ -471,6 +471,8 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
                   "processes of a kind summed):", "",
                   "| process | CPU s per round | what it does in a round |", "|---|---:|---|"]
         for name, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+            if seconds < 0.005:  # `flwr run`, gone after submitting; a process caught mid-exec
+                continue
             lines.append(f"| {name} | {_num(seconds, 2)} | {_PROCESS_ROLE.get(name, '')} |")
     kinds = dep["memory"].get("per_kind_peak_pss_mib", {})
     calls = section.get("calls_per_site_round") or {}
