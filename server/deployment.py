@@ -389,12 +389,16 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
 
 
 def _request_limit(config: FederationConfig) -> int:
-    """The proxy's push-object limit for this run's model (its largest tensor, chunked)."""
+    """The proxy's push-object limit for this run's model: its largest array on the wire,
+    chunked. Weights travel packed, one array per dtype (`fedmed.common.packed_arrays`)."""
     from fedmed.common.models import build_model
     from fedmed.server.proxy import request_limit
 
     model = build_model(config.model, len(config.classes), config.image.size)
-    return request_limit(max(t.numel() * t.element_size() for t in model.state_dict().values()))
+    packed: dict = {}
+    for tensor in model.state_dict().values():
+        packed[tensor.dtype] = packed.get(tensor.dtype, 0) + tensor.numel() * tensor.element_size()
+    return request_limit(max(packed.values()))
 
 
 def _is_main_thread() -> bool:
