@@ -41,15 +41,34 @@ class Relay:
     down: int = 0    # coordinator -> site
     connections: int = 0
     requests: int = 0  # Fleet API requests (HTTP request lines going up)
+    trace: list | None = None  # a list here gets (perf_counter, call) for every request
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._calls: dict[str, int] = {}  # requests per Fleet call (pull-object, ...)
+        self.first_call: dict[str, float] = {}  # perf_counter of each call's first request
+        # Bound now (the port is the relay's), listening only once the target is: until then
+        # a site connecting here is refused, as it would be by the coordinator's own port.
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.bind(("127.0.0.1", self.port))
         self.port = self._server.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name=f"relay-{self.port}").start()
 
+    def _wait_for_target(self) -> None:
+        while not self._closed:
+            try:
+                socket.create_connection(self.target, timeout=1.0).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+
     def _accept(self) -> None:
+        self._wait_for_target()
+        try:
+            self._server.listen()
+        except OSError:
+            return
         while not self._closed:
             try:
                 client, _ = self._server.accept()
@@ -68,6 +87,7 @@ class Relay:
 
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         tail = b""
+        name = None  # a request line's call name cut off by the end of a read
         try:
             while True:
                 data = src.recv(_CHUNK)
@@ -81,6 +101,7 @@ class Relay:
                     setattr(self, direction, getattr(self, direction) + len(data))
                     if direction == "up":
                         self.requests += seen.count(_REQUEST)
+                        name = self._count_calls(seen, name, data)
         except OSError:
             pass
         finally:
@@ -89,6 +110,26 @@ class Relay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _count_calls(self, seen: bytes, name: bytes | None, data: bytes) -> bytes | None:
+        """Count each request line by its call name; return the start of a name this read
+        cut off."""
+        pieces = [name + data] if name is not None else []
+        pieces += [seen[at + len(_REQUEST):] for at in _finds(seen, _REQUEST)]
+        for piece in pieces:
+            end = piece.find(b" ")
+            if end < 0:
+                return piece if len(piece) < 64 else None
+            call = piece[:end].decode(errors="replace")
+            self._calls[call] = self._calls.get(call, 0) + 1
+            self.first_call.setdefault(call, time.perf_counter())
+            if self.trace is not None:
+                self.trace.append((time.perf_counter(), call))
+        return None
+
+    def call_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
@@ -101,6 +142,14 @@ class Relay:
     def close(self) -> None:
         self._closed = True
         self._server.close()
+
+
+def _finds(data: bytes, needle: bytes) -> list[int]:
+    found, at = [], data.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
 
 
 def _fedmed_cmd() -> list[str]:
@@ -170,7 +219,9 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
                     boundaries.append({"t": time.perf_counter() - started,
                                        "bytes": {s: relays[s].counts() for s in sites},
                                        "requests": {s: relays[s].request_count() for s in sites},
-                                       "cpu_s": memory.cpu_seconds()})
+                                       "cpu_s": memory.cpu_seconds(),
+                                       "cpu_by_kind": memory.cpu_by_kind(),
+                                       "calls": {s: relays[s].call_counts() for s in sites}})
                 code = server.poll()
                 if code is not None:
                     break
@@ -196,6 +247,8 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
             "bytes_down": {s: mark["bytes"][s][1] - previous[s][1] for s in sites},
             "requests": {s: mark["requests"][s] - previous_requests[s] for s in sites},
             "cpu_s": mark["cpu_s"],
+            "cpu_by_kind": mark["cpu_by_kind"],
+            "calls": mark["calls"],
         })
         previous, previous_requests = mark["bytes"], mark["requests"]
     log_tail = (work / "server.log").read_text(errors="replace")[-1500:] if code != 0 else ""
@@ -207,6 +260,9 @@ def _run_once(data_root: Path, sites: tuple[str, ...], work: Path, rounds: int, 
         "total_s": total,
         "time_to_round1_s": per_round[0]["end_s"] if per_round else None,
         "relay_connections": {s: r.connections for s, r in relays.items()},
+        # When each site first made each Fleet call, s from launch: its start-up timeline
+        # (register-node: joined; get-run: its first message of the run).
+        "first_call_s": {s: {c: t - started for c, t in r.first_call.items()} for s, r in relays.items()},
         "memory": memory.summary(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],

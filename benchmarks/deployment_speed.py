@@ -130,13 +130,13 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
                      config, work / "sim-run")
     _log("deployment on loopback")
     dep = deployment.run(data, SITES, work / "deployment", rounds=config.rounds, image_size=28, batch_size=32,
-                         timeout=900.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
+                         timeout=900.0, extra=["--model", "cnn", "--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
                          site_env=ONE_CPU)
     # A consortium repeats experiments: the sites' decoded-image caches from the first run
     # are there, as they are for any run after a site's first.
     _log("deployment again, sites' caches warm: launch → end of round 1")
     warm = deployment.run(data, SITES, work / "deployment", rounds=1, image_size=28, batch_size=32,
-                          timeout=600.0, extra=["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
+                          timeout=600.0, extra=["--model", "cnn", "--optimizer", "sgd", "--lr", "0.01", "--epochs", "1"],
                           site_env=ONE_CPU)
     _log("idle site request rate")
     idle = idle_rate(data / "A", work / "idle", size["idle_s"])
@@ -162,6 +162,27 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         "deployment": _median_later([0.0] + [b["cpu_s"] - a["cpu_s"] for a, b in zip(dep["rounds"], dep["rounds"][1:])])
         if len(dep["rounds"]) > 1 else None,
     }
+    # The same per kind of process (three sites' SuperNodes are one kind), and each site's
+    # Fleet API requests per round by call.
+    later = list(zip(dep["rounds"], dep["rounds"][1:]))
+    kinds = sorted({k for r in dep["rounds"] for k in r.get("cpu_by_kind", {})})
+    cpu_by_kind = {k: statistics.median(b["cpu_by_kind"].get(k, 0.0) - a["cpu_by_kind"].get(k, 0.0)
+                                        for a, b in later) for k in kinds} if later else {}
+    calls = sorted({c for r in dep["rounds"] for site in r.get("calls", {}).values() for c in site})
+    calls_per_site_round = {c: statistics.median(
+        sum(b["calls"][s].get(c, 0) - a["calls"][s].get(c, 0) for s in SITES) / len(SITES) for a, b in later)
+        for c in calls} if later else {}
+    first_call = dep.get("first_call_s", {})
+
+    def last_site(call: str) -> float | None:
+        """When the last of the sites first made `call`, s from launch."""
+        times = [v[call] for v in first_call.values() if call in v]
+        return max(times) if times and len(times) == len(SITES) else None
+
+    # Launch → all sites joined (register-node) → all have round 1's first message
+    # (get-run, asked when a run's first message arrives) → end of round 1.
+    startup = {"joined_s": last_site("register-node"), "first_message_s": last_site("get-run"),
+               "round1_s": dep["time_to_round1_s"]}
     figures = {
         "round_gap_s": dep_median - sim_median,
         "round1_s": dep["time_to_round1_s"],
@@ -189,6 +210,9 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         "idle": idle,
         "help_cpu_s": help_cpu_s,
         "cpu_per_round_s": cpu_per_round,
+        "cpu_per_round_by_kind_s": cpu_by_kind,
+        "calls_per_site_round": calls_per_site_round,
+        "startup": startup,
         "busy_requests_per_site_round": statistics.median(busy_requests) if busy_requests else None,
         "busy_requests_per_site_s": (statistics.median(b / w for b, w in zip(busy_requests, wall_after_1))
                                      if busy_requests else None),

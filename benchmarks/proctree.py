@@ -96,6 +96,7 @@ class TreeMemory:
     # CPU seconds (user + system) of every process seen, as last sampled: their sum is the
     # tree's CPU use so far (a process's last 0.5 s before it exits can be missed).
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    kind_by_pid: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -112,7 +113,8 @@ class TreeMemory:
             if r is None:
                 continue
             rss += r * 1024
-            kind = process_kind(pid)
+            kind = self.kind_by_pid.get(pid) or process_kind(pid)
+            self.kind_by_pid[pid] = kind
             self.per_kind_peak_rss[kind] = max(self.per_kind_peak_rss.get(kind, 0), r * 1024)
             try:
                 fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
@@ -144,6 +146,14 @@ class TreeMemory:
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_by_pid.values())
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds so far summed per kind of process (three sites' executors are one kind)."""
+        out: dict[str, float] = {}
+        for pid, seconds in self.cpu_by_pid.items():
+            kind = self.kind_by_pid.get(pid, "?")
+            out[kind] = out.get(kind, 0.0) + seconds
+        return out
 
     def summary(self) -> dict:
         return {

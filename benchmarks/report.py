@@ -116,7 +116,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                                       "paced": bool(sections.get("overhead", {}).get("paced"))}
     speed = sections.get("speed", {})
     if speed.get("figures"):
-        out["speed"] = {"figures": speed["figures"], "met": speed["met"], "load": speed.get("load", {})}
+        out["speed"] = {"figures": speed["figures"], "met": speed["met"], "load": speed.get("load", {}),
+                        "cpu": speed.get("cpu_per_round_s") or {}}
     return out
 
 
@@ -523,8 +524,22 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     if cpu.get("simulation") is not None and cpu.get("deployment") is not None:
         lines += ["", f"CPU time per round (median of rounds 2..R, every process of the run, user + system): "
                   f"simulation {_num(cpu['simulation'], 2)} s, deployment {_num(cpu['deployment'], 2)} s. Unlike "
-                  "wall time, this does not grow with the machine's load."]
+                  "wall time, this does not grow with the machine's load, so it is the fair figure on a shared "
+                  "machine."]
+    by_kind = section.get("cpu_per_round_by_kind_s") or {}
+    if by_kind:
+        lines += ["", "The deployment's CPU per round by process (median of rounds 2..R; the three sites' "
+                  "processes of a kind summed):", "",
+                  "| process | CPU s per round | what it does in a round |", "|---|---:|---|"]
+        for name, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+            if seconds < 0.005:  # `flwr run`, gone after submitting; a process caught mid-exec
+                continue
+            lines.append(f"| {name} | {_num(seconds, 2)} | {_PROCESS_ROLE.get(name, '')} |")
     kinds = dep["memory"].get("per_kind_peak_pss_mib", {})
+    calls = section.get("calls_per_site_round") or {}
+    by_call = ", ".join(f"{name} {_num(n, 0)}" for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
+                        if n >= 0.5)
+    startup = section.get("startup") or {}
     lines += [
         "",
         "Deployment rounds, s: " + ", ".join(_num(v, 2) for v in dep["round_s"]) + "; simulation rounds, s: "
@@ -535,54 +550,79 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         "",
         f"Requests per site: {_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per "
         f"round while a run is active ({_num(section.get('busy_requests_per_site_s'), 1)} per second of "
-        "round; most of them move the model's arrays, one request per array each way), "
-        f"{_num(f['idle_rate'], 2)} per second when idle.",
+        "round" + (f"; by call: {by_call}" if by_call else "") + "), "
+        f"{_num(f['idle_rate'], 2)} per second when idle. A message's model travels packed, one array per "
+        "dtype (`common/packed_arrays.py`), so a message is about six objects, each pulled or pushed with its "
+        "own request.",
         "",
     ]
+    if startup.get("round1_s") is not None:
+        lines += [f"Start-up, s from launch: every site joined by {_num(startup.get('joined_s'), 1)}, every site "
+                  f"had round 1's first message by {_num(startup.get('first_message_s'), 1)}, round 1 ended at "
+                  f"{_num(startup['round1_s'], 1)}.", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
                        "so the round gap is measured only over the rounds it finished, if any")
     if not met["round_gap_s"] and len(_finite([dep["train_median_s"], sim["train_median_s"]])) == 2:
+        link = by_kind.get("flower-superlink")
+        cpu_words = (
+            f"the deployment's processes used {_num(cpu['deployment'], 2)} s of CPU per round against "
+            f"{_num(cpu['simulation'], 2)} s for the whole simulation, on {section.get('cores', '?')} cores that "
+            "training shares. The waiting is gone; what is left is CPU in the message path"
+            + (f", most of it in Flower's SuperLink ({_num(link, 2)} s per round): every Fleet API request "
+               "(the sites') and ServerAppIo request (the ServerApp's) is handled there in Python, and a profile "
+               "(py-spy) put about half of that in its HTTP stack's per-request work (uvicorn, Starlette "
+               "middleware, FastAPI routing, protobuf translation) and about a fifth in SQLite queries on its "
+               "state database (fedmed keeps it on disk for `--resume`), so its cost follows the number of "
+               "requests, not their size" if link is not None else "")
+            if cpu.get("deployment") is not None else "")
         if dep["train_median_s"] > sim["train_median_s"]:
             reasons.append(
                 f"round gap: a deployed site's training took {_num(dep['train_median_s'], 2)} s (median) against "
                 f"{_num(sim['train_median_s'], 2)} s in the simulation — three sites train at once on "
                 f"{section.get('cores', '?')} shared cores in the deployment, the simulation runs two one-thread "
-                "actors — which explains only that difference"
-                + (f"; the rest is CPU: the deployment's processes used {_num(cpu['deployment'], 2)} s of CPU per "
-                   f"round against {_num(cpu['simulation'], 2)} s for the whole simulation — the waiting is gone, "
-                   "the cost left is CPU in the message path (about "
-                   f"{_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per site and round, "
-                   "each handled in Python by the SuperLink, the SuperNode and the relay; not yet profiled process "
-                   "by process)" if cpu.get("deployment") is not None else ""))
+                "actors — which explains only that difference" + (f"; the rest is CPU: {cpu_words}" if cpu_words else ""))
         else:
             reasons.append(
                 f"round gap: not training (a deployed site trained in {_num(dep['train_median_s'], 2)} s, a "
-                f"simulated one in {_num(sim['train_median_s'], 2)} s) but moving the messages: each site makes "
-                f"about {_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per round (one per "
-                "model array each way, plus its polls), every one handled in Python by the SuperLink, the "
-                "SuperNode and the relay"
-                + (f"; the deployment's processes used {_num(cpu['deployment'], 2)} s of CPU per round against "
-                   f"{_num(cpu['simulation'], 2)} s for the whole simulation, on {section.get('cores', '?')} cores "
-                   "that training shares — the waiting is gone, the cost left is CPU in the message path (not yet "
-                   "profiled process by process)" if cpu.get("deployment") is not None else ""))
+                f"simulated one in {_num(sim['train_median_s'], 2)} s) but moving the messages"
+                + (f": {cpu_words}" if cpu_words else ""))
     if not met["round1_s"]:
-        reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch; "
-                       f"Flower's simulation needed {_num(sim['round1_s'], 1)} s for its round 1 after Ray started")
+        reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch "
+                       "(timeline above): the coordinator's chain is sequential — the SuperLink starts and "
+                       "listens, `flwr run` submits the run, Flower's SuperExec starts the ServerApp, which "
+                       "imports torch and builds the model before round 1's messages go out — and each of these "
+                       "is a Python process importing Flower on shared cores; then every site decodes its "
+                       f"images. Flower's simulation needed {_num(sim['round1_s'], 1)} s for its round 1 after "
+                       "Ray started")
     if not met["pss_mib"]:
         def kind(name: str) -> str:
             return _num(kinds.get(name), 0)
         reasons.append(
             f"memory: four processes hold torch — the three sites' executors (up to {kind('fedmed.client.app_executor')} "
-            f"MiB each) and the ServerApp ({kind('flwr-serverapp')} MiB); `import torch` alone leaves about 280 MiB "
+            f"MiB each) and the ServerApp ({kind('flwr-serverapp')} MiB, which builds the round-0 model and writes "
+            "checkpoints in torch's format); `import torch` alone leaves about 280 MiB "
             "of private memory in each, and torch's optimizer loads `torch._dynamo` (about 100 MiB more) in every "
-            f"process that trains. Flower's own processes add the SuperLink ({kind('flower-superlink')} MiB), its "
+            "process that trains (its constructor is wrapped in a dynamo guard that imports it). Flower's own "
+            f"processes add the SuperLink ({kind('flower-superlink')} MiB), its "
             f"SuperExec ({kind('flower-superexec')} MiB) and a SuperNode per site ({kind('fedmed.client.fleet_polling')} "
-            "MiB each)")
+            f"MiB each), and each `fedmed` launcher ({kind('fedmed')} MiB at most) holds Flower's or pydicom's "
+            "modules from its checks")
     if reasons:
         lines += ["Missed targets, as measured: " + "; ".join(reasons) + ".", ""]
     return lines
+
+
+# What each kind of process does during a deployed round, for the CPU table.
+_PROCESS_ROLE = {
+    "flower-superlink": "answers every Fleet (sites) and ServerAppIo (ServerApp) request",
+    "fedmed.client.app_executor": "trains and evaluates (the three sites)",
+    "fedmed.client.fleet_polling": "the sites' SuperNodes: poll, pull and push the messages' objects",
+    "flwr-serverapp": "aggregates, checks updates, writes checkpoints and metrics",
+    "flower-superexec": "asks the SuperLink for ServerApp tasks",
+    "fedmed": "the launchers: follow the run folder, supervise",
+}
 
 
 # --- the headline ------------------------------------------------------------------------
@@ -690,7 +730,12 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
             f"Deployment against simulation, same task and sitting (load average "
             f"{_num(h['speed']['load'].get('start'), 0)}–{_num(h['speed']['load'].get('end'), 0)} on this shared "
             f"machine): a deployed round takes {_num(sp['round_gap_s'], 2)} s longer than a simulated one (target "
-            f"≤ 1 s, {_verdict(met['round_gap_s'])}), launch to the end of round 1 {_num(sp['round1_s'], 1)} s "
+            f"≤ 1 s, {_verdict(met['round_gap_s'])})"
+            + (f" and {_num(h['speed']['cpu']['deployment'], 2)} s of CPU against the simulation's "
+               f"{_num(h['speed']['cpu']['simulation'], 2)} s (CPU time, which the load does not inflate)"
+               if h["speed"].get("cpu", {}).get("deployment") is not None
+               and h["speed"]["cpu"].get("simulation") is not None else "")
+            + f", launch to the end of round 1 {_num(sp['round1_s'], 1)} s "
             f"(≤ 15 s, {_verdict(met['round1_s'])}), peak PSS of coordinator and 3 sites "
             f"{_num(sp['pss_mib'] * 2**20 / 1e9, 2)} GB (≤ 2.0 GB, {_verdict(met['pss_mib'])}), `fedmed --help` "
             f"{_num(sp['help_s'], 2)} s (≤ 1 s, {_verdict(met['help_s'])}), an idle site "

@@ -19,6 +19,10 @@ which changes only how long it waits:
   accepts a TCP connection (looking every 0.1 s, growing to 1 s). A SuperNode started
   before its coordinator otherwise retries with Flower's exponential back-off and joins
   up to tens of seconds after the coordinator is up.
+- a message's objects are pulled as soon as the message is seen, often while the
+  coordinator is still uploading them; an object not there yet is asked for again after
+  20 ms rather than after Flower's 1 s (`fedmed.common.object_pulls`, wrapping the
+  connection's `pull_object`).
 - after the SuperNode has stored a message and created its task it confirms the message
   to the coordinator (`confirm_message_received`, the connection's last function); the
   wrapper then wakes the site's executor through `task_signal`, so the task starts now
@@ -142,6 +146,7 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
     from flwr.supernode import start_client_internal as loop
 
     from fedmed.client.task_signal import notify
+    from fedmed.common.object_pulls import quick_retry
 
     check_flower_internals()
     pacing = pacing or FleetPacing()
@@ -166,8 +171,8 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
                 if wake is not None:
                     notify(wake)
 
-            yield (node_id, paced_receive, send_reply, get_run, get_fab, pull_object, push_object,
-                   confirm_and_wake)
+            yield (node_id, paced_receive, send_reply, get_run, get_fab, quick_retry(pull_object),
+                   push_object, confirm_and_wake)
 
     loop.http_request_response = paced_connection
     loop.time = _ReplyWaitClock()

@@ -7,7 +7,8 @@ the coordinator itself — before it starts the SuperNode, and again whenever th
 SuperNode reports a failed attempt — and says what is wrong and what to do:
 
 - transient (nothing listens there yet, no answer, the connection dropped): the site
-  keeps trying, with a line per attempt — a site may well start before its coordinator;
+  keeps trying — a site may well start before its coordinator, so it looks again after
+  0.2 s at first, less often the longer it waits, with a line at most every 2 s;
 - not transient (the coordinator speaks TLS and this site does not, or the other way
   round; its certificate is not the federation's; it refused this site's key): the site
   stops with a non-zero exit once the failure has lasted `give_up_after` seconds.
@@ -27,10 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fedmed.common.backoff import Backoff
 from fedmed.common.processes import split_address
 
 PROBE_TIMEOUT = 5.0
 RETRY_FIRST, RETRY_MAX = 2.0, 30.0
+# A coordinator that is not up yet (its port refuses connections) is looked for again
+# soon: sites are often started with it, and it listens a few seconds later. The line
+# saying so is repeated at most every RETRY_FIRST seconds.
+QUICK_RETRY_S = 0.2
 DEFAULT_GIVE_UP_AFTER = 10.0
 # What the SuperNode prints for a failed attempt, and before the reason it gives up.
 _ATTEMPT_FAILED = "Connection attempt failed"
@@ -121,8 +127,9 @@ class JoinCheck:
         self._checking = threading.Lock()
         self._next_is_refusal = False
 
-    def attempt(self) -> Probe:
-        """Check once; say what failed, and decide whether to give up."""
+    def attempt(self, quiet: bool = False) -> Probe:
+        """Check once; say what failed (unless `quiet` and it is transient), and decide
+        whether to give up."""
         result = probe(self.server, self.insecure, self.ca_cert)
         if result.ok:
             self._failing_since = None
@@ -135,20 +142,29 @@ class JoinCheck:
         giving_up = not result.transient and now - self._failing_since >= self.give_up_after
         if giving_up:
             self.failed = result.reason
+        if quiet and result.transient:
+            return result
         self.say(f"cannot join: {result.reason}" + ("" if giving_up else "; retrying"))
         return result
 
     def wait_until_reachable(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Return once the coordinator answers as expected; `JoinError` when a failure
         that is not transient persists for `give_up_after` seconds."""
-        wait = RETRY_FIRST
+        wait, quick = RETRY_FIRST, Backoff(QUICK_RETRY_S, RETRY_MAX)
+        said: dict[str, float] = {}  # a transient reason -> when it was last said
         while not stop():
-            result = self.attempt()
+            result = self.attempt(quiet=True)
             if result.ok:
                 return
             if self.failed is not None:
                 raise JoinError(self.failed)
-            time.sleep(min(wait, self.give_up_after) if not result.transient else wait)
+            if result.transient:
+                if time.monotonic() - said.get(result.reason, -1e9) >= RETRY_FIRST:
+                    said[result.reason] = time.monotonic()
+                    self.say(f"cannot join: {result.reason}; retrying")
+                time.sleep(quick.next())
+                continue
+            time.sleep(min(wait, self.give_up_after))
             wait = min(wait * 2, RETRY_MAX)
 
     def on_supernode_line(self, line: str) -> None:

@@ -37,7 +37,7 @@ from fedmed.common.protocol import FEDERATION_KEY, FREEZE_KEY
 from fedmed.common.starting_model import load_starting_model
 from fedmed.server.audit import AuditLog
 from fedmed.server.enrollment import node_names
-from fedmed.server.fast_grid import FastGrid
+from fedmed.server.fast_grid import FastGrid, quicken_object_pulls
 from fedmed.server.flower_app import RUN_CONFIG_KEY
 from fedmed.server.outputs import RunRecorder
 from fedmed.server.strategy import FederationStopped
@@ -157,5 +157,7 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     saved = json.loads(config_path.read_text())
     config = FederationConfig.from_dict(saved["federation"])
     meta = {k: v for k, v in saved.items() if k != "federation"}
-    # Flower's deployment grid looks for replies every 3 s; FastGrid as soon as they land.
+    # Flower's deployment grid looks for replies every 3 s, and for a reply's objects
+    # still being uploaded 1 s later; FastGrid as soon as they land.
+    quicken_object_pulls()
     run_federation(FastGrid(grid), config, config_path.parent, meta)

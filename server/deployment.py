@@ -21,6 +21,7 @@ after its last completed round.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -281,6 +282,12 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         return cmd + ["--ssl-ca-certfile", str(material.ca_cert), "--ssl-certfile", str(material.cert),
                       "--ssl-keyfile", str(material.key), "--enable-supernode-auth"]
 
+    # The app bundle and its hash (for the audit log) do not need the SuperLink: the hash,
+    # whose Flower import takes a second or two, is worked out while the SuperLink starts.
+    app_dir = options.app_dir or write_app_dir(out_dir / ".app")
+    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-hash")
+    app_hash_soon = hashing.submit(_app_hash, app_dir)
+    hashing.shutdown(wait=False)
     children: list[Child] = []
     previous_handler = None
     if _is_main_thread():
@@ -329,9 +336,8 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
             "join_timeout": options.join_timeout, **transfer,
         })
-        app_dir = options.app_dir or write_app_dir(out_dir / ".app")
-        app_hash = _app_hash(app_dir)
         run_id = _submit(out_dir, home, app_dir)
+        app_hash = app_hash_soon.result()
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
                      address=f"{host}:{port}", tls=not options.insecure, sites=sorted(sites.values()),
                      rounds=config.rounds, resumed_after_round=resume_from or None)
@@ -383,12 +389,16 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
 
 
 def _request_limit(config: FederationConfig) -> int:
-    """The proxy's push-object limit for this run's model (its largest tensor, chunked)."""
+    """The proxy's push-object limit for this run's model: its largest array on the wire,
+    chunked. Weights travel packed, one array per dtype (`fedmed.common.packed_arrays`)."""
     from fedmed.common.models import build_model
     from fedmed.server.proxy import request_limit
 
     model = build_model(config.model, len(config.classes), config.image.size)
-    return request_limit(max(t.numel() * t.element_size() for t in model.state_dict().values()))
+    packed: dict = {}
+    for tensor in model.state_dict().values():
+        packed[tensor.dtype] = packed.get(tensor.dtype, 0) + tensor.numel() * tensor.element_size()
+    return request_limit(max(packed.values()))
 
 
 def _is_main_thread() -> bool:

@@ -82,8 +82,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 
 
 def request_limit(largest_tensor_bytes: int) -> int:
-    """The push-object body limit for a model whose largest tensor has this many bytes:
-    one array chunk and room for its protobuf framing."""
+    """The push-object body limit for a model whose largest array on the wire has this many
+    bytes (weights travel packed: all of one dtype in one array): one array chunk and room
+    for its protobuf framing."""
     from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
     return max(SMALL_BODY, min(int(largest_tensor_bytes), FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE) + 256 * 1024)

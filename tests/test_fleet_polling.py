@@ -173,3 +173,35 @@ def test_fast_grid_gives_up_at_the_timeout():
     inner = _FakeGrid({"a": 1, "b": 10**9})
     replies = FastGrid(inner, floor=0.01, cap=0.02).send_and_receive(["m"] * 2, timeout=0.2)
     assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
+
+
+def test_flower_grid_internals_are_the_ones_fedmed_quickens():
+    """Fails when a Flower upgrade changes how the deployment grid pulls a reply's objects:
+    re-read flwr/superlink/grid/http_grid.py and adapt fast_grid.quicken_object_pulls."""
+    from fedmed.server.fast_grid import check_flower_internals as grid_internals
+
+    grid_internals()
+
+
+def test_an_object_still_uploading_is_asked_for_again_soon_then_left_to_flower():
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from fedmed.common.object_pulls import CAP_S, FLOOR_S, QUICK_WINDOW_S, quick_retry
+
+    clock = FakeClock()
+    calls = []
+
+    def pull(object_id, ready_at):
+        calls.append(clock.now)
+        if clock.now < ready_at:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    quick = quick_retry(pull, clock=clock, sleep=clock.sleep)
+    assert quick("a", 0.3) == b"content"
+    assert clock.sleeps[0] == FLOOR_S and max(clock.sleeps) <= CAP_S and clock.now < 0.6
+    # An uploader that stalled: after the quick window Flower's own (slow) backoff takes over.
+    clock.sleeps.clear()
+    with pytest.raises(ObjectUnavailableError):
+        quick("b", float("inf"))
+    assert sum(clock.sleeps) <= QUICK_WINDOW_S and len(clock.sleeps) < 40

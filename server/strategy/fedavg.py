@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmed.common.metrics import aggregate_sites, evaluation_round
+from fedmed.common.packed_arrays import LAYOUT_KEY, PackingError, pack, unpack_in_place
 from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
 from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
@@ -47,6 +48,15 @@ REJECTED = "rejected"  # status the coordinator gives an update it refused to av
 # How often the first round looks for sites still to connect: the round starts within
 # this of the last one joining (Flower's own wait for the quorum looks once a second).
 JOIN_CHECK_S = 0.2
+
+
+def _packed(messages: list[Message]) -> list[Message]:
+    """The messages with their weights packed (`packed_arrays`). Flower's FedAvg gives
+    every message the same RecordDict, so the model is packed once."""
+    for msg in messages:
+        if ARRAYS_KEY in msg.content.array_records and LAYOUT_KEY not in msg.content.config_records:
+            msg.content[ARRAYS_KEY], msg.content[LAYOUT_KEY] = pack(msg.content[ARRAYS_KEY])
+    return messages
 
 
 class FederationStopped(RuntimeError):
@@ -279,10 +289,14 @@ class SiteAwareFedAvg(FedAvg):
                 continue
             if ARRAYS_KEY not in msg.content.array_records:
                 problem = "no-weights"
-            elif self._global is None:
-                problem = None
             else:
-                problem = check_update(msg.content[ARRAYS_KEY], self._global, self.limits)
+                try:
+                    unpack_in_place(msg.content, ARRAYS_KEY)
+                    problem = None
+                except PackingError as exc:
+                    problem = str(exc)
+                if problem is None and self._global is not None:
+                    problem = check_update(msg.content[ARRAYS_KEY], self._global, self.limits)
             if problem is None:
                 accepted.append(msg)
                 continue
@@ -300,15 +314,15 @@ class SiteAwareFedAvg(FedAvg):
         self._global = arrays
         # Flower waits inside configure_train until enough sites are connected, so the
         # sites present are known only after it.
-        messages = self._remember(list(super().configure_train(actual, arrays, config, grid)))
+        messages = _packed(self._remember(list(super().configure_train(actual, arrays, config, grid))))
         self._sampled = {m.metadata.dst_node_id for m in messages}
         self._track_nodes(grid, actual)
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self._remember(list(super().configure_evaluate(server_round + self.round_offset,
-                                                              arrays, config, grid)))
+        return _packed(self._remember(list(super().configure_evaluate(server_round + self.round_offset,
+                                                                      arrays, config, grid))))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -1,0 +1,89 @@
+"""Weights packed into one array per dtype for the wire, and read back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedmed.common.models import build_model
+from fedmed.common.packed_arrays import LAYOUT_KEY, PackingError, pack, take, unpack_in_place
+
+
+def _state():
+    state = build_model("cnn", 2, 28).state_dict()
+    state["counter"] = torch.tensor(7, dtype=torch.int64)  # a buffer of another dtype, 0-d
+    return state
+
+
+def test_a_model_packs_into_one_array_per_dtype_and_unpacks_exactly():
+    state = _state()
+    packed, layout = pack(ArrayRecord(state))
+    assert sorted(packed.keys()) == sorted({np.dtype("float32").str, np.dtype("int64").str})
+    content = RecordDict({"arrays": packed, LAYOUT_KEY: layout})
+    back = take(content, "arrays").to_torch_state_dict()
+    assert list(back) == list(state)
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)
+    unpack_in_place(content, "arrays")
+    assert LAYOUT_KEY not in content and list(content["arrays"].keys()) == list(state)
+
+
+def test_an_unpacked_record_is_taken_as_it_is():
+    record = ArrayRecord(_state())
+    assert take(RecordDict({"arrays": record}), "arrays") is record
+
+
+@pytest.mark.parametrize("tamper", ["short-array", "bad-json", "duplicate-name", "extra-dtype", "negative-shape"])
+def test_a_packed_record_that_does_not_add_up_is_refused(tamper):
+    packed, layout = pack(ArrayRecord(_state()))
+    entries = json.loads(layout["layout"])
+    f32 = np.dtype("float32").str
+    if tamper == "short-array":
+        packed[f32] = Array(packed[f32].numpy()[:-1].copy())
+    elif tamper == "bad-json":
+        layout = ConfigRecord({"layout": "[not json"})
+    elif tamper == "duplicate-name":
+        entries[1][0] = entries[0][0]
+        layout = ConfigRecord({"layout": json.dumps(entries)})
+    elif tamper == "extra-dtype":
+        packed["<f8"] = Array(np.zeros(3))
+    else:
+        entries[0][2] = [-1, 2]
+        layout = ConfigRecord({"layout": json.dumps(entries)})
+    with pytest.raises(PackingError):
+        take(RecordDict({"arrays": packed, LAYOUT_KEY: layout}), "arrays")
+
+
+def test_the_coordinator_packs_each_round_model_once_for_all_sites(monkeypatch):
+    """Flower's FedAvg hands every site's message the same RecordDict: packing it once per
+    message would pack the packed record."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmed.common.federation import FederationConfig
+    from fedmed.common.settings import ImageSettings
+    from fedmed.server.app import initial_arrays
+    from fedmed.server.strategy.registry import build_strategy
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+        def get_nodes(self):
+            return []
+
+    config = FederationConfig(rounds=1, model="cnn", image=ImageSettings(size=28), min_sites=1)
+    strategy = build_strategy(config, on_event=lambda *a, **k: None)
+    arrays = initial_arrays(config)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({"x": 1}), Grid()))
+    assert len(messages) == 3
+    for msg in messages:
+        got = take(msg.content, "arrays").to_torch_state_dict()
+        assert list(got) == list(arrays.keys())
+        build_model("cnn", 2, 28).load_state_dict(got)
