@@ -172,7 +172,7 @@ class _Memo:
     """
 
     MAX_BYTES = 256 * 2 ** 20
-    CHUNK_BYTES = 128 * 2 ** 20   # working memory of one batch of the transform
+    CHUNK_BYTES = 32 * 2 ** 20   # the largest intermediate of one batch of the transform
 
     def __init__(self) -> None:
         self._maps: OrderedDict[bytes, torch.Tensor] = OrderedDict()
