@@ -34,3 +34,24 @@ def test_a_dp_site_trains_with_sgd_whatever_the_runs_optimizer():
     assert dp.defaults["momentum"] == config.dp_momentum and dp.defaults["lr"] == pytest.approx(dp_round_lr(config, 3))
     assert make_optimizer(model, config.with_(dp_momentum=0.9), dp=True).defaults["momentum"] == 0.9
     assert isinstance(make_optimizer(model, config), torch.optim.Adam)
+
+
+def test_two_rounds_of_the_recipe_through_the_client_app_spend_what_pld_computes(tmp_path):
+    """The default recipe (scatternet, Poisson batches, plain SGD) through the real
+    ClientApp: its ledger's ε is Google's PLD accountant's for the same history."""
+    from test_privacy_round import _ask, _rows, _site
+    from pld_reference import pld_epsilon
+    from fedmed.client.privacy import epsilon
+    from fedmed.common.settings import ImageSettings
+
+    site = _site(tmp_path / "state", epsilon=3.0)
+    config = FederationConfig(rounds=2, image=ImageSettings(size=28), seed=1, dp_batch_size=32)
+    assert config.model == "scatternet"
+    for server_round in (1, 2):
+        reply = _ask(site, "train", config, server_round, 11)
+        assert reply["status"] == "ok" and reply["steps"] == 2, reply   # ⌈60 / 32⌉ Poisson steps
+    rows = [r for r in _rows(tmp_path / "state") if r["mechanism"] == "dp-sgd"]
+    assert len(rows) == 2 and rows[0]["sample_rate"] == 0.5
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+    assert rows[-1]["epsilon"] == pytest.approx(epsilon(history, rows[-1]["delta"]))
+    assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)
