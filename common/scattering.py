@@ -194,7 +194,7 @@ class _Memo:
         for start in range(0, len(missing), chunk):
             part = missing[start:start + chunk]
             for i, maps in zip(part, module._transform(x[part]).cpu()):
-                out[i] = maps
+                out[i] = maps.clone()  # not a view that keeps its whole batch alive
         for i, key in enumerate(keys):
             if i in out:
                 self._maps[key] = out[i]
