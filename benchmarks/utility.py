@@ -6,11 +6,12 @@ scored with fedmed's own `evaluate`. The only exception is the worst-site accura
 comes from the last round's ``metrics.jsonl`` (``aggregate.worst_site_accuracy``), i.e.
 from the sites' own validation splits, as a coordinator would see it.
 
-All rows train the same model (``dpcnn``, fedmed's default, on 28×28) for the same number
-of passes over the data: R rounds × 1 local epoch federated, R epochs centralised or
-local-only. DP rows train with the federation's DP recipe (SGD with momentum at
-``dp_lr`` on Poisson batches of ``dp_batch_size``), with the federation's default
-augmentation setting (which, with DP, augments only with two or more views per record).
+The no-DP rows train ``dpcnn`` on 28×28 and the DP rows the federation's default model
+(``scatternet``, the DP recipe's), for the same number of passes over the data: R rounds ×
+1 local epoch federated, R epochs centralised or local-only. DP rows train with the
+federation's DP recipe (SGD at ``dp_lr`` with momentum ``dp_momentum`` on Poisson batches of
+``dp_batch_size``), with the federation's default augmentation setting (which, with DP,
+augments only with two or more views per record).
 
 Besides the arg-max figures, each row reports sensitivity, specificity and balanced
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
@@ -55,13 +56,14 @@ NON_IID = "dirichlet:0.5"
 QUANTITY = "quantity:0.5"
 SITES = 3
 IMAGE = ImageSettings(size=28)
-MODEL = "dpcnn"
+MODEL = "dpcnn"                    # the no-DP rows
 METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 THRESHOLD_METRICS = ("balanced_accuracy", "threshold", "sensitivity_at_threshold",
                      "specificity_at_threshold", "balanced_accuracy_at_threshold")
 
 
 _DP = FederationConfig()
+DP_MODEL = _DP.model               # the DP rows: the DP recipe's model
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Plan:
     variants: tuple[str, ...]        # which single-seed rows run
     dp_strategy: str = _DP.strategy  # the coordinator's strategy in the DP rows
     pretrain_epochs: int = 40        # the pretrained start's epochs on its images (few, so many epochs)
+    dp_momentum: float = _DP.dp_momentum
 
 
 # Non-DP training: Adam at 1e-3 with batches of 64 learns this task in a few epochs. DP
@@ -213,9 +216,12 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
     sites holding only the val images it was not trained on."""
     dp = epsilon is not None
     privacy = PrivacyPolicy(enabled=True, epsilon=epsilon) if dp else PrivacyPolicy(enabled=False)
+    # A pretrained start fixes the model (its weights); otherwise DP rows train the DP recipe's.
+    model_name = MODEL if start is not None or not dp else DP_MODEL
     config = FederationConfig(
-        rounds=plan.rounds, epochs=1, model=MODEL, image=IMAGE, seed=seed, strategy=strategy,
+        rounds=plan.rounds, epochs=1, model=model_name, image=IMAGE, seed=seed, strategy=strategy,
         batch_size=plan.batch, lr=plan.lr, dp_batch_size=plan.dp_batch, dp_lr=plan.dp_lr,
+        dp_momentum=plan.dp_momentum,
         augment=augment, augment_views=views,
         # With DP a site may decline a run whose noise would exceed its cap; the others
         # still train, as they would in a real federation.
@@ -238,7 +244,7 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
         row.notes.append(f"seed {seed}: run {run.status}: {run.reason}")
         _log(f"{name}: {run.status}: {run.reason}")
         return run.to_dict()
-    model = build_model(MODEL, len(config.classes), IMAGE.size)
+    model = build_model(model_name, len(config.classes), IMAGE.size)
     model.load_state_dict(load_checkpoint(work / name / "run" / "model-final.pt")["state_dict"])
     row.seeds.append(seed)
     row.test.append(_test_metrics(model, test, val))
@@ -349,7 +355,9 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     pretrained_keys = ["pretrained-start"] + [f"pretrained-dp-eps{eps:g}" for eps in plan.epsilons]
     if "pretrained" in plan.variants and any(wanted(k) for k in pretrained_keys):
         start = _pretrained_start(npz, work, plan)
-        pretraining = start.describe()
+        pretraining = {**start.describe(),
+                       "dp_recipe": f"`{MODEL}`'s DP-SGD at lr {plan.dp_lr:g} (cosine-decayed) with momentum "
+                                    f"{plan.dp_momentum:g}, Poisson batches of {plan.dp_batch}"}
         held = (val[0][start.sites_val], val[1][start.sites_val])  # the val images the sites hold
         if wanted("pretrained-start"):
             row = new("pretrained-start", "Pretrained start alone (no federated training)")
@@ -378,6 +386,7 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     return {
         "plan": dict(plan.__dict__),
         "model": MODEL,
+        "dp_model": DP_MODEL,
         "data": {"file": pneumonia.NPZ_DISPLAY, "subset": plan.subset, "splits": sizes,
                  "partitions_seed0": partition_sizes},
         "rows": [r.to_dict() for r in rows],

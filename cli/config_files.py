@@ -28,7 +28,7 @@ join-timeout = 120               # seconds round 1 waits for every enrolled site
 # init-from = "public.pt"       # start from a saved model (fedmed pretrain, an earlier model-final.pt)
 # freeze = "body"                # with init-from: none | body (train the head only) | all-but-last-block
 
-model = "dpcnn"                  # dpcnn | cnn | resnet18
+model = "scatternet"             # scatternet | dpcnn | cnn | resnet18
 image-size = 64                  # model input side in pixels
 frames = "middle"                # multi-frame files: middle | all (one image per frame) | mip
 # modality = "CT"                # train on these Modality codes only; recorded in the model

@@ -85,7 +85,7 @@ Epochs = Annotated[int, typer.Option("--epochs", help="Local epochs per round at
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Local batch size.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Local learning rate.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd or adam.")]
-Model = Annotated[str, typer.Option("--model", help="dpcnn (small, built for DP-SGD), cnn or resnet18.")]
+Model = Annotated[str, typer.Option("--model", help="scatternet (fixed scattering features and a linear head: fewest trained weights, best under DP-SGD), dpcnn, cnn or resnet18.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Model input side in pixels.")]
 Window = Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")]
 Classes = Annotated[str, typer.Option("--classes", help="Class names, in label order.")]
@@ -214,7 +214,7 @@ def simulate(
     state: Annotated[Optional[Path], typer.Option("--state", help="Sites' state folders go to STATE/<site>/.")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Run on an existing Ray cluster.")] = None,
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
-    optimizer: Optimizer = "adam", model: Model = "dpcnn", image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz).")] = None,
+    optimizer: Optimizer = "adam", model: Model = "scatternet", image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz).")] = None,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: Annotated[Optional[int], typer.Option("--min-sites", help="Sites a round needs (default: all).")] = None,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     epsilon: Annotated[float, typer.Option("--epsilon", help="Each simulated site's privacy budget over all runs on its data.")] = 8.0,
@@ -322,7 +322,7 @@ def server_start(
     tensorboard: TensorBoard = None,
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds the first round waits for every enrolled site before it starts with those present (at least --min-sites).")] = 120.0,
     rounds: Rounds = 5, epochs: Epochs = 1, batch_size: BatchSize = 32, lr: LearningRate = 1e-3,
-    optimizer: Optimizer = "adam", model: Model = "dpcnn", image_size: ImageSize = 64,
+    optimizer: Optimizer = "adam", model: Model = "scatternet", image_size: ImageSize = 64,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     config_file: ConfigFile = None,

@@ -34,8 +34,6 @@ def round_seed(seed: int, site: str, server_round: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-DP_MOMENTUM = 0.9
-"""Momentum of the SGD that DP-SGD sites train with (docs/privacy.md, "The DP recipe")."""
 
 
 def dp_round_lr(config: FederationConfig, server_round: int) -> float:
@@ -51,16 +49,18 @@ def dp_round_lr(config: FederationConfig, server_round: int) -> float:
 
 def make_optimizer(model: nn.Module, config: FederationConfig, dp: bool = False,
                    server_round: int = 1) -> torch.optim.Optimizer:
-    """The local optimiser: the run's `optimizer`/`lr`, or with DP SGD with momentum at
-    `dp_round_lr` (cosine-decayed `dp_lr`).
+    """The local optimiser: the run's `optimizer`/`lr`, or with DP SGD at `dp_round_lr`
+    (cosine-decayed `dp_lr`) with momentum `dp_momentum` (none by default: measured best
+    for the `scatternet` model, docs/privacy.md).
 
     DP-SGD's averaged gradient has a fixed norm bound (the clipping norm) plus noise; plain
-    SGD with momentum turns that into steps proportional to the signal, while Adam's
+    SGD turns that into steps proportional to the signal, while Adam's
     per-weight normalisation gives every weight -- even one whose gradient is pure noise -- a
     step of about lr, and a freshly built Adam's first step is lr·sign(g) on every weight.
     """
     if dp:
-        return torch.optim.SGD(model.parameters(), lr=dp_round_lr(config, server_round), momentum=DP_MOMENTUM)
+        return torch.optim.SGD(model.parameters(), lr=dp_round_lr(config, server_round),
+                               momentum=config.dp_momentum)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     return torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -15,7 +15,7 @@ from typing import Any
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
 # The models `common/models.py` builds; named here so that reading a config needs no torch.
-MODEL_NAMES = ("cnn", "dpcnn", "resnet18")
+MODEL_NAMES = ("cnn", "dpcnn", "resnet18", "scatternet")
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 
@@ -29,7 +29,7 @@ class FederationConfig:
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
-    model: str = "dpcnn"
+    model: str = "scatternet"
     classes: tuple[str, ...] = DEFAULT_CLASSES
     image: ImageSettings = field(default_factory=ImageSettings)
     min_sites: int = 2
@@ -38,10 +38,11 @@ class FederationConfig:
     round_timeout: float = 1800.0
     strategy: str = "fedavg"
     server_lr: float = 1e-2
-    # A site training with DP-SGD uses these instead of batch_size/lr/optimizer: SGD with
-    # momentum 0.9 on large Poisson batches (docs/privacy.md, "The DP recipe").
-    dp_batch_size: int = 256
-    dp_lr: float = 0.5
+    # A site training with DP-SGD uses these instead of batch_size/lr/optimizer: plain SGD
+    # (momentum dp_momentum) on large Poisson batches (docs/privacy.md, "The DP recipe").
+    dp_batch_size: int = 512
+    dp_lr: float = 1.0
+    dp_momentum: float = 0.0
     # Label-preserving augmentation at the sites (fedmed.client.augmentation); flips only
     # where left and right carry no meaning. Sites without DP augment every batch. A DP-SGD
     # site augments only with augment_views = K ≥ 2: K augmented views of each sampled
@@ -73,6 +74,8 @@ class FederationConfig:
             (self.server_lr > 0, f"server learning rate: expected a positive number, got {self.server_lr}"),
             (self.dp_batch_size >= 1, f"DP batch size: expected at least 1, got {self.dp_batch_size}"),
             (self.dp_lr > 0, f"DP learning rate: expected a positive number, got {self.dp_lr}"),
+            (0 <= self.dp_momentum < 1,
+             f"DP momentum: expected 0 <= momentum < 1, got {self.dp_momentum}"),
             (1 <= self.augment_views <= 64,
              f"augmentation views: expected 1 to 64, got {self.augment_views}"),
             (0 <= self.server_momentum < 1,

@@ -1,12 +1,12 @@
-"""The DP recipe's local optimiser (`fedmed.client.training`): SGD with momentum at a
-cosine-decayed learning rate, the same at every site for a round."""
+"""The DP recipe (docs/privacy.md): the `scatternet` model, plain SGD at a cosine-decayed
+learning rate on Poisson batches of 512, the same at every site for a round."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fedmed.client.training import DP_MOMENTUM, dp_round_lr, make_optimizer
+from fedmed.client.training import dp_round_lr, make_optimizer
 from fedmed.common.federation import FederationConfig
 from fedmed.common.models import build_model
 
@@ -19,10 +19,39 @@ def test_the_dp_learning_rate_starts_at_dp_lr_and_decays_every_round():
     assert dp_round_lr(config, 99) == rates[-1]  # a resumed run past its plan stays at the floor
 
 
-def test_a_dp_site_trains_with_sgd_and_momentum_whatever_the_runs_optimizer():
+def test_the_recipe_is_the_default():
+    config = FederationConfig()
+    assert (config.model, config.dp_batch_size, config.dp_lr, config.dp_momentum) == ("scatternet", 512, 1.0, 0.0)
+    with pytest.raises(ValueError, match="DP momentum"):
+        FederationConfig(dp_momentum=1.0)
+
+
+def test_a_dp_site_trains_with_sgd_whatever_the_runs_optimizer():
     config = FederationConfig(optimizer="adam", lr=1e-3, dp_lr=0.5, rounds=4)
     model = build_model("dpcnn", 2, 16)
     dp = make_optimizer(model, config, dp=True, server_round=3)
     assert isinstance(dp, torch.optim.SGD)
-    assert dp.defaults["momentum"] == DP_MOMENTUM and dp.defaults["lr"] == pytest.approx(dp_round_lr(config, 3))
+    assert dp.defaults["momentum"] == config.dp_momentum and dp.defaults["lr"] == pytest.approx(dp_round_lr(config, 3))
+    assert make_optimizer(model, config.with_(dp_momentum=0.9), dp=True).defaults["momentum"] == 0.9
     assert isinstance(make_optimizer(model, config), torch.optim.Adam)
+
+
+def test_two_rounds_of_the_recipe_through_the_client_app_spend_what_pld_computes(tmp_path):
+    """The default recipe (scatternet, Poisson batches, plain SGD) through the real
+    ClientApp: its ledger's ε is Google's PLD accountant's for the same history."""
+    from test_privacy_round import _ask, _rows, _site
+    from pld_reference import pld_epsilon
+    from fedmed.client.privacy import epsilon
+    from fedmed.common.settings import ImageSettings
+
+    site = _site(tmp_path / "state", epsilon=3.0)
+    config = FederationConfig(rounds=2, image=ImageSettings(size=28), seed=1, dp_batch_size=32)
+    assert config.model == "scatternet"
+    for server_round in (1, 2):
+        reply = _ask(site, "train", config, server_round, 11)
+        assert reply["status"] == "ok" and reply["steps"] == 2, reply   # ⌈60 / 32⌉ Poisson steps
+    rows = [r for r in _rows(tmp_path / "state") if r["mechanism"] == "dp-sgd"]
+    assert len(rows) == 2 and rows[0]["sample_rate"] == 0.5
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+    assert rows[-1]["epsilon"] == pytest.approx(epsilon(history, rows[-1]["delta"]))
+    assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)

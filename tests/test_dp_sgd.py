@@ -20,7 +20,7 @@ from fedmed.client.privacy.dp_sgd import (
 from fedmed.common.models import MODEL_NAMES, build_model
 
 # Small inputs keep every test step cheap; both models accept any square side ≥ 4.
-SMALL_SIDE = {"cnn": 16, "dpcnn": 8, "resnet18": 8}
+SMALL_SIDE = {"cnn": 16, "dpcnn": 8, "resnet18": 8, "scatternet": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,7 @@ def _no_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name, records, steps", [("cnn", 6, 2), ("resnet18", 3, 1)])
+@pytest.mark.parametrize("name, records, steps", [("cnn", 6, 2), ("resnet18", 3, 1), ("scatternet", 6, 2)])
 def test_dp_training_runs_and_returns_the_global_models_keys(name, records, steps):
     side = SMALL_SIDE[name]
     torch.manual_seed(0)

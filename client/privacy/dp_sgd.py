@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import ResNet
 
 from fedmed.client.augmentation import AugmentSettings, augment, average_views, repeat_views
-from fedmed.common.models import DPCNN, SmallCNN
+from fedmed.common.models import DPCNN, ScatterNet, SmallCNN
 
 MODES = ("hooks", "functorch", "ew", "ghost")
 """Opacus grad-sample modes fedmed may train with."""
@@ -73,12 +73,17 @@ MEASURED_BEST_MODE: dict[tuple[str, str], str] = {
     # but ghost computes their per-record gradients with functorch; hooks handles the rest.
     ("dpcnn", "cpu"): "hooks",
     ("dpcnn", "cuda"): "hooks",
+    # scatternet: only the GroupNorm and linear head after the fixed scattering are
+    # trained (8 k weights); per-record gradients of so few weights cost little either way.
+    ("scatternet", "cpu"): "hooks",
+    ("scatternet", "cuda"): "hooks",
     ("resnet18", "cpu"): "hooks",
     ("cnn", "cuda"): "hooks",
     ("resnet18", "cuda"): "hooks",
 }
 
-_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (DPCNN, "dpcnn"), (ResNet, "resnet18"))
+_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (DPCNN, "dpcnn"), (ScatterNet, "scatternet"),
+                                                 (ResNet, "resnet18"))
 
 from .accounting import ACCOUNTANT  # noqa: E402 -- handed to Opacus' engine; see module docstring
 

@@ -58,7 +58,7 @@ class NoiseCheck:
             f"{self.parameters:,} trainable weights; learning needs about {RUN_WARNING_RATIO:g}x or "
             "less over the run). Remedies: a larger epsilon, more training images at this site, "
             "fewer rounds or local epochs at a larger batch, or a model with fewer weights "
-            "(--model dpcnn, if it is not the model already)."
+            "(--model scatternet, if it is not the model already)."
         )
 
 
