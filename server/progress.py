@@ -63,7 +63,7 @@ def final_words(record: Mapping[str, Any] | None, classes: Sequence[str] = ()) -
     lines = describe(record, classes)
     if not lines:
         return None
-    return (f"warning: the final model (round {record.get('round')}) " + "; ".join(lines)
+    return (f"warning: the final model (round {record.get('round')}): " + "; ".join(lines)
             + ". Check it with `fedmed evaluate` before any use; what helps: more images per site, "
             "a larger privacy budget, a pretrained start (--init-from).")
 
