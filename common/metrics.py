@@ -45,12 +45,27 @@ def histogram_key(true_class: int) -> str:
     return f"score-hist-{true_class}"
 
 
-def _logit_edges(bins: int) -> np.ndarray:
-    """The B − 1 inner edges of B bins, in logit (0 among them when B is even)."""
+def _binning_steps(bins: int) -> np.ndarray:
+    """The B − 1 inner edges on the binning scale s = sign(z)·log(1 + |z|/LOGIT_SCALE):
+    equal steps, 0 exactly among them when B is even."""
     top = math.log1p(LOGIT_RANGE / LOGIT_SCALE)
     steps = np.linspace(-top, top, bins - 1) if bins > 2 else np.zeros(max(bins - 1, 0))
     steps[np.isclose(steps, 0.0, atol=1e-12)] = 0.0  # so that 0.5 is exactly an edge
+    return steps
+
+
+def _to_logit(steps: np.ndarray) -> np.ndarray:
+    """Points of the binning scale as logits (the inverse of s(z))."""
     return np.sign(steps) * LOGIT_SCALE * np.expm1(np.abs(steps))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _logit_edges(bins: int) -> np.ndarray:
+    """The B − 1 inner edges of B bins, in logit (0 among them when B is even)."""
+    return _to_logit(_binning_steps(bins))
 
 
 def _logit(scores: np.ndarray) -> np.ndarray:
@@ -63,7 +78,7 @@ def bin_edges(bins: int) -> np.ndarray:
     """The B + 1 score edges of B histogram bins: 0, the inner edges (`_logit_edges`) as
     scores, 1. With B even, 0.5 is an edge. Far-out edges round to 0 or 1 in a float;
     `score_histograms` bins in logit, so they stay apart there."""
-    return np.concatenate([[0.0], 1.0 / (1.0 + np.exp(-_logit_edges(bins))), [1.0]])
+    return np.concatenate([[0.0], _sigmoid(_logit_edges(bins)), [1.0]])
 
 
 def score_histograms(scores: np.ndarray, labels: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
@@ -203,11 +218,10 @@ def histogram_metrics(hist: np.ndarray, threshold: float = DEFAULT_THRESHOLD) ->
 def bin_centres(bins: int) -> np.ndarray:
     """Each bin's middle score: the midpoint of its edges on the binning scale (the outer
     bins: half a step beyond the last inner edge), as a score."""
-    top = math.log1p(LOGIT_RANGE / LOGIT_SCALE)
-    steps = np.linspace(-top, top, bins - 1) if bins > 2 else np.zeros(max(bins - 1, 0))
-    step = steps[1] - steps[0] if bins > 2 else 2 * top
+    steps = _binning_steps(bins)
+    step = steps[1] - steps[0] if bins > 2 else 2 * math.log1p(LOGIT_RANGE / LOGIT_SCALE)
     middle = np.concatenate([[steps[0] - step / 2], (steps[:-1] + steps[1:]) / 2, [steps[-1] + step / 2]])
-    return 1.0 / (1.0 + np.exp(-np.sign(middle) * LOGIT_SCALE * np.expm1(np.abs(middle))))
+    return _sigmoid(_to_logit(middle))
 
 
 def evaluation_round(site_metrics: Mapping[str, Mapping[str, object]]) -> tuple[dict[str, dict], dict | None]:

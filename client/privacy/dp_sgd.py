@@ -379,8 +379,8 @@ def dp_step(training: PrivateTraining, xb: torch.Tensor, yb: torch.Tensor,
         last = start + chunk >= len(xb)
         if start:
             optimizer.zero_grad(set_to_none=True)  # keeps the clipped sum of the skipped steps
-        total += _backward(training, xb[start:start + chunk], yb[start:start + chunk], generator) \
-            * len(xb[start:start + chunk])
+        xs, ys = xb[start:start + chunk], yb[start:start + chunk]
+        total += _backward(training, xs, ys, generator) * len(xs)
         for p in optimizer.params:
             if getattr(p, "grad_sample", None) is not None:
                 p.grad_sample = average_views(p.grad_sample, per_record)
