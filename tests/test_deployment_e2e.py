@@ -56,7 +56,11 @@ def test_server_and_three_clients_finish_two_rounds(synthetic_sites: Path, tmp_p
     board = EventAccumulator(str(tmp_path / "tb"))
     board.Reload()
     assert [e.step for e in board.Scalars("aggregate/accuracy")] == [1, 2]
-    assert {f"site/accuracy/{s}" for s in "ABC"} <= set(board.Tags()["scalars"])
+    # A site's metrics come from noised histograms (DP on); on a split this small the noised
+    # count can be 0, and then the site's accuracy is unknown (absent), not made up: the
+    # board has a site's chart exactly when some round reported its accuracy.
+    reported = {f"site/accuracy/{s}" for r in rows for s, v in r["sites"].items() if "accuracy" in v}
+    assert reported and {t for t in board.Tags()["scalars"] if t.startswith("site/accuracy/")} == reported
 
     # The audit log: who started the run with which app, who contributed to each round.
     from fedmed.common.app_bundle import fab_hash
