@@ -152,15 +152,20 @@ class ScatterNet(nn.Module):
 
     * each image standardised on its own (`ImageStandardize`, no site statistic needed);
     * the scattering transform with J = 2 scales and L = 8 orientations: 81 maps at a
-      quarter of the image's side (7×7 on 28×28), no trainable weights;
+      quarter of the image's side (7×7 on 28×28), no trainable weights; on larger images
+      the maps are averaged down to 7×7 (`MAX_SIDE`), so the head keeps the size that
+      DP-SGD's noise was measured to allow (64×64 would give 16×16 maps and a head of
+      41 k weights, which the noise drove to one class on sites of a few hundred images);
     * GroupNorm over the maps (its statistics come from each image alone);
     * ``head="linear"``: one zero-initialised linear layer on the normalised maps
-      (81·7·7·2 + 2 ≈ 8 k weights on 28×28); ``head="cnn"``: one 3×3 convolution of
+      (81·7·7·2 + 2 ≈ 8 k weights at any image size); ``head="cnn"``: one 3×3 convolution of
       `width` channels, GroupNorm, ReLU, global average pooling and a zero-initialised
       linear layer.
 
     Any square input of side ≥ 8 works.
     """
+
+    MAX_SIDE = 7
 
     def __init__(self, num_classes: int, image_size: int, head: str = "linear", width: int = 32,
                  groups: int = 27) -> None:
@@ -170,7 +175,9 @@ class ScatterNet(nn.Module):
         self.standardize = ImageStandardize()
         self.scattering = Scattering2D(image_size, J=2, L=8)
         channels = self.scattering.channels
-        side = math.ceil(image_size / 4)
+        side = min(self.scattering.side, self.MAX_SIDE)
+        # Fixed like the transform (no weights): part of `scatter`, before the normalisation.
+        self.pool = nn.AdaptiveAvgPool2d(side) if side < self.scattering.side else nn.Identity()
         self.norm = nn.GroupNorm(groups, channels)
         if head == "linear":
             self.features = nn.Flatten()
@@ -191,7 +198,7 @@ class ScatterNet(nn.Module):
 
     def scatter(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed part: the scattering maps of the standardised images."""
-        return self.scattering(self.standardize(x))
+        return self.pool(self.scattering(self.standardize(x)))
 
     def classify(self, maps: torch.Tensor) -> torch.Tensor:
         """The trained part, on scattering maps."""
