@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                 section = {"error": f"{type(exc).__name__}: {exc}", "rows": []}
                 failed.append(name)
             results["sections"][name] = section
+            # Each section's own date: a later run of some sections keeps the others' figures.
             results["timing"][name] = {"seconds": time.perf_counter() - t0, "load_start": load0,
-                                       "load_end": os.getloadavg()[0]}
+                                       "load_end": os.getloadavg()[0],
+                                       "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
             _save(results, results_path, work)
     finally:
         if args.work is None:

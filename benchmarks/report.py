@@ -128,7 +128,7 @@ def _machine(results: dict[str, Any]) -> list[str]:
     lines = [
         "## Machine and software", "",
         "| | |", "|---|---|",
-        f"| date (UTC) | {m['date_utc']} |",
+        f"| date (UTC) | {m['date_utc']} (the latest run; each section's own below) |",
         f"| CPU | {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch uses {m['torch_threads']} threads |",
         f"| memory | {m['memory_gib']} GiB |",
         f"| GPU | {m['gpu']} |",
@@ -139,10 +139,11 @@ def _machine(results: dict[str, Any]) -> list[str]:
         f"{m['cores']} cores a load above {m['cores']} means processes waited for a CPU, which "
         "inflates seconds but not ratios measured side by side (DP/plain).",
         "",
-        "| section | duration | load average at start → end |", "|---|---:|---|",
+        "| section | run on (UTC) | duration | load average at start → end |", "|---|---|---:|---|",
     ]
     for name, t in results.get("timing", {}).items():
-        lines.append(f"| {name} | {t['seconds']:.0f} s | {t['load_start']:.1f} → {t['load_end']:.1f} |")
+        lines.append(f"| {name} | {t.get('finished_utc', '–')} | {t['seconds']:.0f} s | "
+                     f"{t['load_start']:.1f} → {t['load_end']:.1f} |")
     return lines + [""]
 
 
