@@ -25,6 +25,8 @@ from typing import Mapping
 
 import numpy as np
 
+from fedmed.common.model_health import finite_number
+
 METRIC_NAMES = ("loss", "accuracy", "auc", "sensitivity", "specificity")
 HIST_BINS = 20
 """Bins of the score histograms; a reader takes B from the list's length."""
@@ -226,8 +228,9 @@ def bin_centres(bins: int) -> np.ndarray:
 
 def evaluation_round(site_metrics: Mapping[str, Mapping[str, object]]) -> tuple[dict[str, dict], dict | None]:
     """The coordinator's view of one evaluation round: per site, the metrics derived from
-    its histograms at the pooled threshold; and the pooled metrics (with ``threshold``),
-    or None when no site sent histograms."""
+    its histograms at the pooled threshold (a site's exact AUC and loss kept, when it sent
+    exact ones); and the pooled metrics (with ``threshold``), or None when no site sent
+    histograms."""
     hists = {name: h for name, m in site_metrics.items() if (h := read_histograms(m)) is not None}
     if not hists:
         return {}, None
@@ -236,8 +239,21 @@ def evaluation_round(site_metrics: Mapping[str, Mapping[str, object]]) -> tuple[
         return {name: histogram_metrics(h, choose_threshold(h)) for name, h in hists.items()}, None
     pooled = sum(hists.values())
     threshold = choose_threshold(pooled)
-    per_site = {name: histogram_metrics(h, threshold) for name, h in hists.items()}
+    per_site = {name: _keep_exact(site_metrics[name], histogram_metrics(h, threshold))
+                for name, h in hists.items()}
     return per_site, histogram_metrics(pooled, threshold)
+
+
+# What does not depend on the threshold: a site that sent exact numbers (no DP on its
+# metrics) keeps its own, which its histogram only coarsens (a DP site's own numbers come
+# from the same noised histogram, so re-deriving them changes nothing).
+THRESHOLD_FREE = ("auc", "loss")
+
+
+def _keep_exact(sent: Mapping[str, object], derived: dict[str, object]) -> dict[str, object]:
+    if sent.get("dp_metrics", 1):
+        return derived
+    return {**derived, **{k: value for k in THRESHOLD_FREE if (value := finite_number(sent.get(k))) is not None}}
 
 
 def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float:

@@ -52,3 +52,14 @@ def test_round_record_has_the_contract_fields_and_checkpoints_carry_the_threshol
     assert load_checkpoint(tmp_path / "checkpoints" / "round-001.pt")["threshold"] == pytest.approx(
         pooled["threshold"])
     assert load_checkpoint(tmp_path / FINAL_MODEL)["threshold"] == pytest.approx(pooled["threshold"])
+
+
+def test_a_site_with_exact_metrics_keeps_its_own_auc_and_loss():
+    # Exact numbers (no DP on the metrics) are finer than their histogram; the threshold's
+    # metrics are still the pooled threshold's.
+    exact = {"num-examples": 70, "auc": 0.987, "loss": 0.21, "accuracy": 0.1, "dp_metrics": 0, **_histograms(0)}
+    noised = {"num-examples": 70, "auc": 0.5, "loss": 9.0, "dp_metrics": 1, **_histograms(1)}
+    per_site, pooled = evaluation_round({"A": exact, "B": noised})
+    assert per_site["A"]["auc"] == 0.987 and per_site["A"]["loss"] == 0.21
+    assert per_site["A"]["accuracy"] != 0.1 and per_site["A"]["threshold"] == pooled["threshold"]
+    assert per_site["B"]["auc"] != 0.5 and per_site["B"]["loss"] != 9.0
