@@ -24,7 +24,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -33,9 +32,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedmed.common.certs import init_federation, make_site_keys
 from fedmed.server.audit import read_audit, verify_chain
 from process_tree import descendants, start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from enrolled_federation import enrolled_federation  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -143,13 +142,7 @@ def _send_huge_unauthenticated_body(port: int, ca: Path) -> None:
 
 
 def test_one_site_cannot_harm_another(synthetic_sites: Path, tmp_path: Path, fedmed_cmd):
-    co = tmp_path / "coordinator-certs"
-    init_federation(co, "localhost")
-    keys = tmp_path / "site-keys"
-    keys.mkdir()
-    for site in ("A", "B", "D"):
-        make_site_keys(site, tmp_path / f"certs-{site}", co / "ca.crt")
-        shutil.copy(tmp_path / f"certs-{site}" / f"{site}.pub", keys)
+    co, keys = enrolled_federation(tmp_path, ("A", "B", "D"))
     run_dir = tmp_path / "run"
     # Port 0: the coordinator picks a free port itself (retrying a clash) and prints it.
     server, port = start_coordinator(fedmed_cmd + [

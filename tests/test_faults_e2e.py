@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from fedmed.common.certs import init_federation, make_site_keys
 from fedmed.server.audit import read_audit, verify_chain
 from process_tree import kill_tree, start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from enrolled_federation import enrolled_federation  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -39,13 +38,7 @@ def _rounds(run_dir: Path) -> list[dict]:
 
 def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites: Path, tmp_path: Path,
                                                                 fedmed_cmd):
-    co = tmp_path / "coordinator-certs"
-    init_federation(co, "localhost")
-    keys = tmp_path / "site-keys"
-    keys.mkdir()
-    for site in ("A", "B", "C", "D"):
-        make_site_keys(site, tmp_path / f"certs-{site}", co / "ca.crt")
-        shutil.copy(tmp_path / f"certs-{site}" / f"{site}.pub", keys)
+    co, keys = enrolled_federation(tmp_path, ("A", "B", "C", "D"))
     run_dir = tmp_path / "run"
     secure = ["--certs", str(co), "--sites-dir", str(keys)]
     # Port 0: the coordinator picks its port itself (and retries a clash); the sites are

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from fedmed.common.certs import init_federation, make_site_keys
 from fedmed.server.audit import read_audit, verify_chain
 from process_tree import start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from enrolled_federation import enrolled_federation  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +39,8 @@ def _events(run_dir: Path, name: str) -> list[dict]:
 
 def test_tls_federation_admits_only_enrolled_sites_and_keeps_control_local(
         synthetic_sites: Path, tmp_path: Path, fedmed_cmd):
-    co = tmp_path / "coordinator-certs"
-    init_federation(co, "localhost")
-    keys = tmp_path / "site-keys"
-    keys.mkdir()
-    for site in ("A", "B", "C", "Z"):
-        make_site_keys(site, tmp_path / f"certs-{site}", co / "ca.crt")
-    for site in ("A", "B", "C"):  # Z made a key but was never enrolled
-        shutil.copy(tmp_path / f"certs-{site}" / f"{site}.pub", keys)
+    # Z made a key but was never enrolled.
+    co, keys = enrolled_federation(tmp_path, ("A", "B", "C", "Z"), enrolled=("A", "B", "C"))
     init_federation(tmp_path / "other-ca", "localhost")
     make_site_keys("N", tmp_path / "certs-N", tmp_path / "other-ca" / "ca.crt")  # trusts another CA
 

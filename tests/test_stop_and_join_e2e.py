@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.common.certs import init_federation, make_site_keys
 from process_tree import start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
+from enrolled_federation import enrolled_federation  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -63,12 +62,7 @@ def test_ctrl_c_ends_a_simulation_within_10_s(synthetic_sites: Path, tmp_path: P
 
 def test_an_insecure_site_against_tls_is_told_why_and_a_coordinator_stops_on_ctrl_c(
         synthetic_sites: Path, tmp_path: Path, fedmed_cmd):
-    co = tmp_path / "certs"
-    init_federation(co, "localhost")
-    make_site_keys("A", tmp_path / "certs-A", co / "ca.crt")
-    keys = tmp_path / "site-keys"
-    keys.mkdir()
-    shutil.copy(tmp_path / "certs-A" / "A.pub", keys)
+    co, keys = enrolled_federation(tmp_path, ("A",), certs="certs")
     run_dir = tmp_path / "run"
     server, port = start_coordinator(fedmed_cmd + [
         "server", "start", "--certs", str(co), "--sites-dir", str(keys), "--address", "127.0.0.1:0",
