@@ -52,6 +52,19 @@ def test_noised_evaluation_counts_are_held_to_proportion_not_to_a_declaration():
     assert training.screen({"A": 97, "B": 100}) == {"A": "num-examples-above-declared:97>90"}
 
 
+def test_evaluation_counts_are_measured_against_the_training_declarations():
+    # Small DP sites' noised evaluation counts can come out near 0: measured against them,
+    # a large honest site's count looked out of proportion (515 > 100 × 2.5).
+    training = DeclaredCounts(max_example_ratio=100)
+    training.screen({"A": 512, "B": 512, "C": 4096})
+    evaluation = DeclaredCounts(max_example_ratio=100, holds_to_declaration=False, scale=training)
+    assert evaluation.screen({"A": 1, "B": 4, "C": 515}) == {}
+    assert evaluation.screen({"A": 1, "B": 4, "C": 10 ** 6})["C"] == "num-examples-out-of-proportion:1000000>100x512"
+    # Before any training declaration (none yet, or none of the others'), the round's counts.
+    assert DeclaredCounts(100, holds_to_declaration=False, scale=DeclaredCounts()).screen(
+        {"A": 1, "B": 4, "C": 515})["C"].startswith("num-examples-out-of-proportion")
+
+
 @pytest.mark.parametrize("lie", [1e9, math.nan, 0, -3, 12.5])
 def test_a_lying_count_is_left_out_named_and_audited(tmp_path, lie):
     audit = AuditLog(tmp_path)

@@ -143,8 +143,10 @@ class SiteAwareFedAvg(FedAvg):
         self._sampled: set[int] = set()
         self._sent: list[Message] = []
         # Example counts each site declared this run, for training and for evaluation.
-        self.counts = {"train": DeclaredCounts(self.limits.max_example_ratio),
-                       "evaluate": DeclaredCounts(self.limits.max_example_ratio, holds_to_declaration=False)}
+        train = DeclaredCounts(self.limits.max_example_ratio)
+        self.counts = {"train": train,
+                       "evaluate": DeclaredCounts(self.limits.max_example_ratio, holds_to_declaration=False,
+                                                  scale=train)}
 
     # --- state a resumed run needs ------------------------------------------------
     # Server-side optimiser moments of adaptive subclasses (Flower's FedOpt family).

@@ -23,7 +23,10 @@ A count must be:
    differences in size between hospitals (a regional centre and a small clinic); it
    bounds a liar's weight, it does not remove it: with equal honest sites, one site
    can still claim up to 100 times their size. Lower it where the sites' sizes are
-   known to be similar.
+   known to be similar. An evaluation count is measured against the other sites'
+   declared *training* counts (when they have declared): their noised evaluation counts
+   can come out near 0 at small DP sites, and a median of 2.5 once turned a large honest
+   site's 515 into a refusal.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class DeclaredCounts:
     declared: dict[str, int] = field(default_factory=dict)
     # False for evaluation replies, whose honest counts are noised (see rule 2).
     holds_to_declaration: bool = True
+    # Evaluation replies: the training declarations that set the scale of rule 3.
+    scale: "DeclaredCounts | None" = None
 
     def screen(self, counts: dict[str, Any]) -> dict[str, str]:
         """{site: reason} for the counts refused among one round's {site: count}; the
@@ -69,7 +74,7 @@ class DeclaredCounts:
             if limit is not None and n > limit:
                 refused[site] = f"num-examples-above-declared:{n}>{limit}"
                 continue
-            others = [m for other, m in valid.items() if other != site]
+            others = self._others(site, valid)
             if others and n > self.max_example_ratio * statistics.median(others):
                 refused[site] = (f"num-examples-out-of-proportion:{n}>{self.max_example_ratio:g}"
                                  f"x{statistics.median(others):g}")
@@ -77,6 +82,12 @@ class DeclaredCounts:
             if site not in refused and self.holds_to_declaration:
                 self.declared.setdefault(site, n)
         return refused
+
+    def _others(self, site: str, valid: dict[str, int]) -> list[int]:
+        """The counts rule 3 compares `site`'s with: the other sites' declared training
+        counts for an evaluation reply when there are any, else the round's other counts."""
+        declared = [m for other, m in (self.scale.declared if self.scale else {}).items() if other != site]
+        return declared or [m for other, m in valid.items() if other != site]
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.declared)
