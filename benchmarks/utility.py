@@ -15,8 +15,10 @@ augments only with two or more views per record).
 
 Besides the arg-max figures, each row reports sensitivity, specificity and balanced
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
-(the threshold that maximises balanced accuracy there): what a federation's operating
-threshold does, here computed without noise from the pooled validation images.
+by fedmed's own rule (`fedmed.common.metrics.choose_threshold` on the pooled validation
+images' score histograms, here without noise); a federated row also keeps the same at the
+run's own threshold (the last round's, chosen by the coordinator on the sites' histograms,
+noised when DP is on), which is what the trained model ships with.
 
 A separate set of rows (keys ``pretrained-start``, ``pretrained-dp-eps<E>``; select them
 with ``FEDMED_UTILITY_ROWS``) starts the DP federations from a model pretrained on half of
@@ -43,7 +45,8 @@ from fedmed.client.sitedata import read_medmnist
 from fedmed.client.augmentation import settings_for
 from fedmed.client.training import evaluate, make_loader, make_optimizer, train_local
 from fedmed.common.checkpoint import load_checkpoint
-from fedmed.common.metrics import binary_auc
+from fedmed.common.metrics import binary_auc, choose_threshold, score_histograms
+from fedmed.common.operating_point import threshold_from_round
 from fedmed.common.federation import FederationConfig
 from fedmed.common.models import build_model
 from fedmed.common.settings import ImageSettings
@@ -56,7 +59,7 @@ NON_IID = "dirichlet:0.5"
 QUANTITY = "quantity:0.5"
 SITES = 3
 IMAGE = ImageSettings(size=28)
-MODEL = "dpcnn"                    # the no-DP rows
+MODEL = "dpcnn"                    # the pretrained start's model (its rows keep it)
 METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 THRESHOLD_METRICS = ("balanced_accuracy", "threshold", "sensitivity_at_threshold",
                      "specificity_at_threshold", "balanced_accuracy_at_threshold")
@@ -83,6 +86,8 @@ class Plan:
     dp_strategy: str = _DP.strategy  # the coordinator's strategy in the DP rows
     pretrain_epochs: int = 40        # the pretrained start's epochs on its images (few, so many epochs)
     dp_momentum: float = _DP.dp_momentum
+    model: str = MODEL               # the no-DP rows' model (centralised, local-only, FedAvg)
+    augment: bool = True             # whether the no-DP rows augment
 
 
 # Non-DP training: Adam at 1e-3 with batches of 64 learns this task in a few epochs. DP
@@ -131,38 +136,46 @@ def _balanced(scores: np.ndarray, y: np.ndarray, threshold: float) -> tuple[floa
 
 
 def _val_threshold(model: torch.nn.Module, val: tuple[np.ndarray, np.ndarray]) -> float:
-    """The cut-off on P(pneumonia) with the best balanced accuracy on the validation images."""
+    """The operating threshold the coordinator would choose from the sites' pooled
+    validation histograms were they not noised: fedmed's own rule (`choose_threshold`) on
+    the exact histograms of the validation images' scores."""
     from fedmed.client.training import predict_proba
 
     scores = predict_proba(model, val[0], torch.device("cpu"))[:, 1]
-    candidates = np.unique(np.concatenate([scores, [0.5]]))
-    best = max(candidates, key=lambda t: (_balanced(scores, val[1], t)[2], -abs(t - 0.5)))
-    return float(best)
+    return choose_threshold(score_histograms(scores, val[1]))
 
 
 def _test_metrics(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray],
-                  val: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+                  val: tuple[np.ndarray, np.ndarray] | None = None,
+                  run_threshold: float | None = None) -> dict[str, float]:
+    """The test split's metrics at the arg-max, at the threshold chosen on `val`, and at
+    `run_threshold` (the run's own, chosen on the sites' noised histograms) when given."""
     from fedmed.client.training import predict_proba
 
     values = evaluate(model, test[0], test[1], torch.device("cpu"))
     out = {k: float(values[k]) for k in METRICS}
     out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
+    scores = predict_proba(model, test[0], torch.device("cpu"))[:, 1]
     if val is not None:
         threshold = _val_threshold(model, val)
-        scores = predict_proba(model, test[0], torch.device("cpu"))[:, 1]
         sens, spec, bal = _balanced(scores, test[1], threshold)
         out.update(threshold=threshold, sensitivity_at_threshold=sens, specificity_at_threshold=spec,
                    balanced_accuracy_at_threshold=bal)
         assert math.isclose(binary_auc(scores, test[1] == 1), out["auc"], abs_tol=1e-9) or math.isnan(out["auc"])
+    if run_threshold is not None:
+        sens, spec, bal = _balanced(scores, test[1], run_threshold)
+        out.update(run_threshold=run_threshold, sensitivity_at_run_threshold=sens,
+                   specificity_at_run_threshold=spec, balanced_accuracy_at_run_threshold=bal)
     return out
 
 
 def _train_in_process(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, plan: Plan) -> tuple[torch.nn.Module, float]:
     """A model trained on (x, y) alone, as the federation would initialise and train it."""
-    config = FederationConfig(batch_size=plan.batch, lr=plan.lr, model=MODEL, image=IMAGE, seed=seed)
+    config = FederationConfig(batch_size=plan.batch, lr=plan.lr, model=plan.model, image=IMAGE, seed=seed,
+                              augment=plan.augment)
     # Same initial weights as the federated runs of this seed (fedmed.server.app.initial_arrays).
     torch.manual_seed(seed)
-    model = build_model(MODEL, len(config.classes), IMAGE.size)
+    model = build_model(plan.model, len(config.classes), IMAGE.size)
     optimizer = make_optimizer(model, config)
     started = time.perf_counter()
     for epoch in range(epochs):
@@ -210,14 +223,18 @@ def _strategy_was_adaptive(run_dir: Path, rounds: int) -> bool:
 
 
 def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int, partition: str,
-               strategy: str = "fedavg", epsilon: float | None = None, augment: bool = _DP.augment,
+               strategy: str = "fedavg", epsilon: float | None = None, augment: bool | None = None,
                views: int = 1, start: "PretrainedStart | None" = None) -> dict[str, Any]:
     """One federated run of `row` at `seed`; `start`: begin from the pretrained model, the
-    sites holding only the val images it was not trained on."""
+    sites holding only the val images it was not trained on. `augment` None: the plan's
+    setting without DP, the federation's default with DP."""
     dp = epsilon is not None
     privacy = PrivacyPolicy(enabled=True, epsilon=epsilon) if dp else PrivacyPolicy(enabled=False)
-    # A pretrained start fixes the model (its weights); otherwise DP rows train the DP recipe's.
-    model_name = MODEL if start is not None or not dp else DP_MODEL
+    # A pretrained start fixes the model (its weights); otherwise DP rows train the DP
+    # recipe's model and the no-DP rows the plan's.
+    model_name = MODEL if start is not None else DP_MODEL if dp else plan.model
+    if augment is None:
+        augment = _DP.augment if dp else plan.augment
     config = FederationConfig(
         rounds=plan.rounds, epochs=1, model=model_name, image=IMAGE, seed=seed, strategy=strategy,
         batch_size=plan.batch, lr=plan.lr, dp_batch_size=plan.dp_batch, dp_lr=plan.dp_lr,
@@ -247,8 +264,8 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
     model = build_model(model_name, len(config.classes), IMAGE.size)
     model.load_state_dict(load_checkpoint(work / name / "run" / "model-final.pt")["state_dict"])
     row.seeds.append(seed)
-    row.test.append(_test_metrics(model, test, val))
     last = run.rounds[-1]
+    row.test.append(_test_metrics(model, test, val, run_threshold=threshold_from_round(last)))
     row.worst_site_val_acc.append(float(last["aggregate"].get("worst_site_accuracy") or float("nan")))
     row.wall_s.append(run.total_s)
     row.per_round_s.append(run.per_round_s)
@@ -385,8 +402,9 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
         ]
     return {
         "plan": dict(plan.__dict__),
-        "model": MODEL,
+        "model": plan.model,
         "dp_model": DP_MODEL,
+        "pretrained_model": MODEL,
         "data": {"file": pneumonia.NPZ_DISPLAY, "subset": plan.subset, "splits": sizes,
                  "partitions_seed0": partition_sizes},
         "rows": [r.to_dict() for r in rows],
