@@ -76,7 +76,7 @@ def test_histogram_metrics_equal_those_of_the_binned_scores():
     assert derived["roc"]["fpr"][0] == 0 and derived["roc"]["tpr"][-1] == 1
 
 
-def test_the_pooled_threshold_maximises_balanced_accuracy():
+def test_the_pooled_threshold_separates_separable_classes():
     from fedmed.common.metrics import (bin_edges, choose_threshold, consistent_counts, evaluation_round,
                                        histogram_key, histogram_metrics)
 
