@@ -297,7 +297,10 @@ def _utility(section: dict[str, Any], figures: dict[str, str | None]) -> list[st
         f"of {plan['dp_batch']}, plain FedAvg; each "
         "site's noise multiplier is planned for its own size and budget (notes below). Rows that change one "
         "part of the recipe (server momentum, augmentation views), where the run has them, show what that part "
-        "is worth; the effect of each other choice, measured one by one, is in docs/privacy.md.",
+        "is worth; the effect of each other choice, measured one by one, is in docs/privacy.md."
+        + (" The rows ending in *seed 2* (no DP) try, at the seed where FedAvg falls furthest short of "
+           "centralised training, whether the `scatternet` model or server momentum closes the gap "
+           "(targets table above)." if any(r["key"].startswith("drift-") for r in section["rows"]) else ""),
         "",
     ]
     if pretrained:
