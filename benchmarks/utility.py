@@ -20,6 +20,10 @@ images' score histograms, here without noise); a federated row also keeps the sa
 run's own threshold (the last round's, chosen by the coordinator on the sites' histograms,
 noised when DP is on), which is what the trained model ships with.
 
+Rows keyed ``drift-*`` (one seed, `DRIFT_SEED`) try, where the no-DP federation falls
+furthest short of centralised training, whether `scatternet` or server momentum closes
+the gap (`drift_candidates`).
+
 A separate set of rows (keys ``pretrained-start``, ``pretrained-dp-eps<E>``; select them
 with ``FEDMED_UTILITY_ROWS``) starts the DP federations from a model pretrained on half of
 the official val split, which no site then holds (`_pretrained_start`).
