@@ -15,8 +15,14 @@ augments only with two or more views per record).
 
 Besides the arg-max figures, each row reports sensitivity, specificity and balanced
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
-(the threshold that maximises balanced accuracy there): what a federation's operating
-threshold does, here computed without noise from the pooled validation images.
+by fedmed's own rule (`fedmed.common.metrics.choose_threshold` on the pooled validation
+images' score histograms, here without noise); a federated row also keeps the same at the
+run's own threshold (the last round's, chosen by the coordinator on the sites' histograms,
+noised when DP is on), which is what the trained model ships with.
+
+Rows keyed ``drift-*`` (one seed, `DRIFT_SEED`) try, where the no-DP federation falls
+furthest short of centralised training, whether `scatternet` or server momentum closes
+the gap (`drift_candidates`).
 
 A separate set of rows (keys ``pretrained-start``, ``pretrained-dp-eps<E>``; select them
 with ``FEDMED_UTILITY_ROWS``) starts the DP federations from a model pretrained on half of
@@ -25,6 +31,7 @@ the official val split, which no site then holds (`_pretrained_start`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,7 +50,8 @@ from fedmed.client.sitedata import read_medmnist
 from fedmed.client.augmentation import settings_for
 from fedmed.client.training import evaluate, make_loader, make_optimizer, train_local
 from fedmed.common.checkpoint import load_checkpoint
-from fedmed.common.metrics import binary_auc
+from fedmed.common.metrics import binary_auc, choose_threshold, score_histograms
+from fedmed.common.operating_point import threshold_from_round
 from fedmed.common.federation import FederationConfig
 from fedmed.common.models import build_model
 from fedmed.common.settings import ImageSettings
@@ -56,7 +64,7 @@ NON_IID = "dirichlet:0.5"
 QUANTITY = "quantity:0.5"
 SITES = 3
 IMAGE = ImageSettings(size=28)
-MODEL = "dpcnn"                    # the no-DP rows
+MODEL = "dpcnn"                    # the pretrained start's model (its rows keep it)
 METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 THRESHOLD_METRICS = ("balanced_accuracy", "threshold", "sensitivity_at_threshold",
                      "specificity_at_threshold", "balanced_accuracy_at_threshold")
@@ -83,6 +91,9 @@ class Plan:
     dp_strategy: str = _DP.strategy  # the coordinator's strategy in the DP rows
     pretrain_epochs: int = 40        # the pretrained start's epochs on its images (few, so many epochs)
     dp_momentum: float = _DP.dp_momentum
+    model: str = MODEL               # the no-DP rows' model (centralised, local-only, FedAvg)
+    augment: bool = True             # whether the no-DP rows augment
+    optimizer: str = "adam"          # the no-DP rows' local optimiser (FederationConfig.optimizer)
 
 
 # Non-DP training: Adam at 1e-3 with batches of 64 learns this task in a few epochs. DP
@@ -91,11 +102,11 @@ class Plan:
 # every ε is run: a DP row must learn at each seed, not on average.
 FULL = Plan(rounds=15, seeds=(0, 1, 2), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
             epsilons=(1.0, 3.0, 8.0), headline_epsilon=3.0, subset=None,
-            variants=("local", "dp", "dp-all-seeds", "ablations", "pretrained"))
+            variants=("local", "dp", "dp-all-seeds", "ablations", "pretrained", "drift"))
 SMOKE = Plan(rounds=2, seeds=(0,), batch=64, lr=1e-3, dp_batch=_DP.dp_batch_size, dp_lr=_DP.dp_lr,
              epsilons=(3.0,), headline_epsilon=3.0,
              subset={"train": 450, "val": 120, "test": None},
-             variants=("local", "fedadam", "fedavgm", "dp", "pretrained"), pretrain_epochs=2)
+             variants=("local", "fedadam", "fedavgm", "dp", "pretrained", "drift"), pretrain_epochs=2)
 
 
 @dataclass
@@ -130,39 +141,60 @@ def _balanced(scores: np.ndarray, y: np.ndarray, threshold: float) -> tuple[floa
     return sens, spec, (sens + spec) / 2
 
 
+def _median_logit(scores: np.ndarray) -> float:
+    if not len(scores):
+        return math.nan
+    p = float(np.clip(np.median(np.asarray(scores, dtype=np.float64)), 1e-12, 1 - 1e-12))
+    return math.log(p / (1 - p))
+
+
 def _val_threshold(model: torch.nn.Module, val: tuple[np.ndarray, np.ndarray]) -> float:
-    """The cut-off on P(pneumonia) with the best balanced accuracy on the validation images."""
+    """The operating threshold the coordinator would choose from the sites' pooled
+    validation histograms were they not noised: fedmed's own rule (`choose_threshold`) on
+    the exact histograms of the validation images' scores."""
     from fedmed.client.training import predict_proba
 
     scores = predict_proba(model, val[0], torch.device("cpu"))[:, 1]
-    candidates = np.unique(np.concatenate([scores, [0.5]]))
-    best = max(candidates, key=lambda t: (_balanced(scores, val[1], t)[2], -abs(t - 0.5)))
-    return float(best)
+    return choose_threshold(score_histograms(scores, val[1]))
 
 
 def _test_metrics(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray],
-                  val: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+                  val: tuple[np.ndarray, np.ndarray] | None = None,
+                  run_threshold: float | None = None) -> dict[str, float]:
+    """The test split's metrics at the arg-max, at the threshold chosen on `val`, and at
+    `run_threshold` (the run's own, chosen on the sites' noised histograms) when given."""
     from fedmed.client.training import predict_proba
 
     values = evaluate(model, test[0], test[1], torch.device("cpu"))
     out = {k: float(values[k]) for k in METRICS}
     out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
+    scores = predict_proba(model, test[0], torch.device("cpu"))[:, 1]
     if val is not None:
         threshold = _val_threshold(model, val)
-        scores = predict_proba(model, test[0], torch.device("cpu"))[:, 1]
         sens, spec, bal = _balanced(scores, test[1], threshold)
         out.update(threshold=threshold, sensitivity_at_threshold=sens, specificity_at_threshold=spec,
                    balanced_accuracy_at_threshold=bal)
+        # Where each split's images of each class score (median logit): a threshold set on
+        # validation data carries over to the test split only as far as these agree.
+        val_scores = predict_proba(model, val[0], torch.device("cpu"))[:, 1]
+        for split, (s, y) in (("val", (val_scores, val[1])), ("test", (scores, test[1]))):
+            for k, name in ((0, "negative"), (1, "positive")):
+                out[f"{split}_{name}_median_logit"] = _median_logit(s[np.asarray(y) == k])
         assert math.isclose(binary_auc(scores, test[1] == 1), out["auc"], abs_tol=1e-9) or math.isnan(out["auc"])
+    if run_threshold is not None:
+        sens, spec, bal = _balanced(scores, test[1], run_threshold)
+        out.update(run_threshold=run_threshold, sensitivity_at_run_threshold=sens,
+                   specificity_at_run_threshold=spec, balanced_accuracy_at_run_threshold=bal)
     return out
 
 
 def _train_in_process(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, plan: Plan) -> tuple[torch.nn.Module, float]:
     """A model trained on (x, y) alone, as the federation would initialise and train it."""
-    config = FederationConfig(batch_size=plan.batch, lr=plan.lr, model=MODEL, image=IMAGE, seed=seed)
+    config = FederationConfig(batch_size=plan.batch, lr=plan.lr, model=plan.model, image=IMAGE, seed=seed,
+                              augment=plan.augment, optimizer=plan.optimizer)
     # Same initial weights as the federated runs of this seed (fedmed.server.app.initial_arrays).
     torch.manual_seed(seed)
-    model = build_model(MODEL, len(config.classes), IMAGE.size)
+    model = build_model(plan.model, len(config.classes), IMAGE.size)
     optimizer = make_optimizer(model, config)
     started = time.perf_counter()
     for epoch in range(epochs):
@@ -210,17 +242,21 @@ def _strategy_was_adaptive(run_dir: Path, rounds: int) -> bool:
 
 
 def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int, partition: str,
-               strategy: str = "fedavg", epsilon: float | None = None, augment: bool = _DP.augment,
+               strategy: str = "fedavg", epsilon: float | None = None, augment: bool | None = None,
                views: int = 1, start: "PretrainedStart | None" = None) -> dict[str, Any]:
     """One federated run of `row` at `seed`; `start`: begin from the pretrained model, the
-    sites holding only the val images it was not trained on."""
+    sites holding only the val images it was not trained on. `augment` None: the plan's
+    setting without DP, the federation's default with DP."""
     dp = epsilon is not None
     privacy = PrivacyPolicy(enabled=True, epsilon=epsilon) if dp else PrivacyPolicy(enabled=False)
-    # A pretrained start fixes the model (its weights); otherwise DP rows train the DP recipe's.
-    model_name = MODEL if start is not None or not dp else DP_MODEL
+    # A pretrained start fixes the model (its weights); otherwise DP rows train the DP
+    # recipe's model and the no-DP rows the plan's.
+    model_name = MODEL if start is not None else DP_MODEL if dp else plan.model
+    if augment is None:
+        augment = _DP.augment if dp else plan.augment
     config = FederationConfig(
         rounds=plan.rounds, epochs=1, model=model_name, image=IMAGE, seed=seed, strategy=strategy,
-        batch_size=plan.batch, lr=plan.lr, dp_batch_size=plan.dp_batch, dp_lr=plan.dp_lr,
+        batch_size=plan.batch, lr=plan.lr, optimizer=plan.optimizer, dp_batch_size=plan.dp_batch, dp_lr=plan.dp_lr,
         dp_momentum=plan.dp_momentum,
         augment=augment, augment_views=views,
         # With DP a site may decline a run whose noise would exceed its cap; the others
@@ -247,8 +283,14 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
     model = build_model(model_name, len(config.classes), IMAGE.size)
     model.load_state_dict(load_checkpoint(work / name / "run" / "model-final.pt")["state_dict"])
     row.seeds.append(seed)
-    row.test.append(_test_metrics(model, test, val))
     last = run.rounds[-1]
+    row.test.append(_test_metrics(model, test, val, run_threshold=threshold_from_round(last)))
+    if "run_threshold" in row.test[-1]:
+        t = row.test[-1]
+        row.notes.append(f"seed {seed}: the run's own operating threshold (chosen by the coordinator on the "
+                         f"sites' {'noised ' if dp else ''}histograms) {t['run_threshold']:.4f}: test sensitivity "
+                         f"{t['sensitivity_at_run_threshold']:.3f}, specificity {t['specificity_at_run_threshold']:.3f}, "
+                         f"balanced accuracy {t['balanced_accuracy_at_run_threshold']:.3f}")
     row.worst_site_val_acc.append(float(last["aggregate"].get("worst_site_accuracy") or float("nan")))
     row.wall_s.append(run.total_s)
     row.per_round_s.append(run.per_round_s)
@@ -351,6 +393,14 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
     for key, label, kwargs in (ablations(plan) if "ablations" in plan.variants else ()):
         if wanted(key):
             keep(_federated(npz, test, val, plan, new(key, label), work, plan.seeds[0], NON_IID, **kwargs))
+    for key, label, changes in (drift_candidates(plan) if "drift" in plan.variants else ()):
+        if wanted(key):
+            varied = dataclasses.replace(plan, seeds=(DRIFT_SEED,), **changes.get("plan", {}))
+            if changes.get("centralised"):
+                _centralised(npz, test, val, varied, new(key, label))
+            else:
+                keep(_federated(npz, test, val, varied, new(key, label), work, DRIFT_SEED, NON_IID,
+                                strategy=changes.get("strategy", "fedavg")))
     pretraining = None
     pretrained_keys = ["pretrained-start"] + [f"pretrained-dp-eps{eps:g}" for eps in plan.epsilons]
     if "pretrained" in plan.variants and any(wanted(k) for k in pretrained_keys):
@@ -383,12 +433,15 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
             {"images": int(len(p)), "normal": int(np.sum(y[p] == 0))}
             for p in _site_train_parts(npz, partition, plan.seeds[0])
         ]
+    drift_sizes = [{"images": int(len(p)), "normal": int(np.sum(y[p] == 0))}
+                   for p in _site_train_parts(npz, NON_IID, DRIFT_SEED)]
     return {
         "plan": dict(plan.__dict__),
-        "model": MODEL,
+        "model": plan.model,
         "dp_model": DP_MODEL,
+        "pretrained_model": MODEL,
         "data": {"file": pneumonia.NPZ_DISPLAY, "subset": plan.subset, "splits": sizes,
-                 "partitions_seed0": partition_sizes},
+                 "partitions_seed0": partition_sizes, "partitions_drift_seed": drift_sizes},
         "rows": [r.to_dict() for r in rows],
         "runs": runs,
         **({"pretraining": pretraining} if pretraining else {}),
@@ -464,6 +517,30 @@ def ablations(plan: Plan) -> list[tuple[str, str, dict[str, Any]]]:
         # The other averaging: with server momentum if the recipe has none, and without if it has.
         (f"dp-eps{headline:g}-{other}", f"{_strategy_label(other)} + DP-SGD ε={headline:g}",
          {"strategy": other, "epsilon": headline}),
+    ]
+
+
+# The no-DP row's hard seed: its large site holds 2 930 training images of which 6 are
+# normal, and carries three quarters of FedAvg's average.
+DRIFT_SEED = 2
+
+
+def drift_candidates(plan: Plan) -> list[tuple[str, str, dict[str, Any]]]:
+    """One-seed rows (seed `DRIFT_SEED`) that try what might close the no-DP federation's gap
+    to centralised training there: the `scatternet` model (a linear head on fixed
+    features), without augmentation (the transform would run on every augmented batch), at
+    two learning rates, and with server momentum; with centralised training of it to
+    compare against."""
+    scatter = {"model": "scatternet", "augment": False}
+    label = f"scatternet, Adam, batch {plan.batch}, no augmentation, seed {DRIFT_SEED}"
+    return [
+        ("drift-centralised-scatternet", f"Centralised, {label}, lr {plan.lr:g}",
+         {"plan": scatter, "centralised": True}),
+        ("drift-fedavg-scatternet", f"FedAvg non-IID, {label}, lr {plan.lr:g}", {"plan": scatter}),
+        ("drift-fedavg-scatternet-lr1e-4", f"FedAvg non-IID, {label}, lr 0.0001",
+         {"plan": {**scatter, "lr": 1e-4}}),
+        ("drift-fedavgm-scatternet", f"FedAvgM non-IID, {label}, lr {plan.lr:g}",
+         {"plan": scatter, "strategy": "fedavgm"}),
     ]
 
 

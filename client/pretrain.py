@@ -9,7 +9,7 @@ A DICOM folder is read exactly as a site reads its own (`load_dicom_site`, split
 patient with the config's validation fraction and seed), and a folder of such folders (one
 per scanner or source, each with its labels.csv) as their union; a MedMNIST-style `.npz` trains
 on its `train` split and validates on its `val` split. The held-out part picks the model's
-operating threshold (balanced accuracy, `fedmed.common.operating_point`) and reports its
+operating threshold (fedmed's threshold rule, `fedmed.common.operating_point`) and reports its
 AUC; both are stored in the model file. Make sure the pretraining data does not overlap
 any data the federated model will later be evaluated on.
 """

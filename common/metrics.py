@@ -10,9 +10,9 @@ often puts every score within a few hundredths (or far less) of 0 or 1 -- equal-
 bins in p would hold all of those in one bin and lose their ranking. Everything else
 is derived from those histograms (`histogram_metrics`), at the site and again at the
 coordinator, which pools the sites' histograms into one, chooses the federation's
-operating threshold on it (`choose_threshold`: the largest balanced accuracy, i.e.
-Youden's J; Youden 1950, "Index for rating diagnostic tests") and reports every site at
-that threshold (`evaluation_round`). Histograms summarise a score to its bin, so AUC and
+operating threshold on it (`choose_threshold`: the bin edge where sensitivity and
+specificity are closest, fedmed's one threshold rule, `fedmed.common.operating_point`)
+and reports every site at that threshold (`evaluation_round`). Histograms summarise a score to its bin, so AUC and
 the ROC are those of the binned score (ties within a bin counted half), and the threshold
 is a bin edge. The example-weighted mean over sites (`aggregate_sites`) remains for runs
 without histograms.
@@ -26,6 +26,7 @@ from typing import Mapping
 import numpy as np
 
 from fedmed.common.model_health import finite_number
+from fedmed.common.operating_point import pick_cutoff
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "sensitivity", "specificity")
 HIST_BINS = 20
@@ -166,17 +167,15 @@ def _confusion_at_edge(hist: np.ndarray, edge: int) -> np.ndarray:
 
 
 def choose_threshold(hist: np.ndarray) -> float:
-    """The bin edge with the largest balanced accuracy (Youden's J), as a score; ties go
-    to the edge nearest 0.5, and 0.5 is kept when a class has no weight."""
+    """The federation's operating threshold from (pooled) score histograms: the bin edge
+    that fedmed's threshold rule picks (`fedmed.common.operating_point.pick_cutoff`:
+    sensitivity and specificity closest), as a score; 0.5 when a class has no weight."""
     bins = hist.shape[1]
     if hist[0].sum() <= 0 or hist[1].sum() <= 0:
         return DEFAULT_THRESHOLD
-    best, best_key = DEFAULT_THRESHOLD, None
-    for edge, t in enumerate(bin_edges(bins).tolist()):
-        key = (_rates(_confusion_at_edge(hist, edge))[2], -abs(t - DEFAULT_THRESHOLD))
-        if best_key is None or key > best_key:
-            best, best_key = t, key
-    return best
+    edges = bin_edges(bins)
+    rates = np.array([_rates(_confusion_at_edge(hist, edge))[:2] for edge in range(bins + 1)])
+    return float(edges[pick_cutoff(edges, rates[:, 0], rates[:, 1])])
 
 
 def _rates(confusion: np.ndarray) -> tuple[float, float, float]:

@@ -93,7 +93,7 @@ def test_threshold_rules():
     for bad, classes in ((1.5, 2), ("x", 2), (math.nan, 2), (0.5, 3)):
         with pytest.raises(ValueError, match="threshold"):
             check_threshold(bad, classes)
-    # Youden's J: the cut-off separating the classes; None with one class.
+    # fedmed's threshold rule: the cut-off separating the classes; None with one class.
     scores = np.array([0.70, 0.75, 0.80, 0.90, 0.95])
     cut = balanced_threshold(scores, np.array([0, 0, 1, 1, 1]))
     assert 0.75 < cut <= 0.80

@@ -76,7 +76,7 @@ def test_histogram_metrics_equal_those_of_the_binned_scores():
     assert derived["roc"]["fpr"][0] == 0 and derived["roc"]["tpr"][-1] == 1
 
 
-def test_the_pooled_threshold_maximises_balanced_accuracy():
+def test_the_pooled_threshold_separates_separable_classes():
     from fedmed.common.metrics import (bin_edges, choose_threshold, consistent_counts, evaluation_round,
                                        histogram_key, histogram_metrics)
 
@@ -118,3 +118,42 @@ def test_scores_squeezed_near_0_keep_their_ranking():
     derived = histogram_metrics(score_histograms(middle, labels), 0.5)
     assert derived["auc"] == pytest.approx(binary_auc(middle, labels == 1), abs=0.04)
     assert np.isfinite(derived["loss"])
+
+
+def test_the_threshold_rule_takes_the_equal_error_point_not_the_top_of_a_flat_curve():
+    """One rule (`pick_cutoff`) for every threshold chosen on validation data: where
+    sensitivity and specificity are closest; ties to the larger balanced accuracy, then to
+    the cut-off nearest 0.5."""
+    from fedmed.common.operating_point import balanced_threshold, pick_cutoff
+
+    cutoffs = np.array([0.2, 0.4, 0.5, 0.6, 0.8])
+    sens = np.array([1.0, 0.95, 0.90, 0.85, 0.5])
+    spec = np.array([0.5, 0.84, 0.88, 0.86, 1.0])
+    assert int(np.argmax(sens + spec)) == 1      # Youden's J would take 0.4 ...
+    assert pick_cutoff(cutoffs, sens, spec) == 3  # ... the rule takes sens ≈ spec
+    # Equal gaps: the larger balanced accuracy; equal both: the cut-off nearest 0.5.
+    assert pick_cutoff(np.array([0.1, 0.45, 0.9]), np.array([0.8, 0.8, 0.8]), np.array([0.8, 0.8, 0.8])) == 1
+    assert pick_cutoff(np.array([0.3, 0.7]), np.array([0.95, 0.9]), np.array([0.85, 1.0])) == 1
+    # Exact scores: 3 negatives, 4 positives with one negative among the positives' scores.
+    scores = np.array([0.1, 0.2, 0.6, 0.5, 0.7, 0.8, 0.9])
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    cut = balanced_threshold(scores, labels)
+    # 0.55: sensitivity 3/4, specificity 2/3; Youden's J would take 0.65 (3/4 and 1).
+    assert cut == pytest.approx(0.55)
+
+
+def test_the_federation_threshold_follows_the_same_rule_on_histograms():
+    from fedmed.common.metrics import bin_edges, choose_threshold, confusion_at, score_histograms
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], [150, 350])
+    scores = 1 / (1 + np.exp(-rng.normal(np.where(labels == 1, 3.0, 0.0), 1.5)))
+    hist = score_histograms(scores, labels)
+    t = choose_threshold(hist)
+    assert t in bin_edges(20)
+    gaps = []
+    for edge in bin_edges(20):
+        (tn, fp), (fn, tp) = confusion_at(hist, edge)
+        gaps.append(abs(tp / (tp + fn) - tn / (tn + fp)))
+    (tn, fp), (fn, tp) = confusion_at(hist, t)
+    assert abs(tp / (tp + fn) - tn / (tn + fp)) == pytest.approx(min(gaps))
