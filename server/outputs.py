@@ -26,13 +26,13 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from flwr.app import ArrayRecord
 
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
-from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, evaluation_round
+from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, threshold_pool_start
 from fedmed.common.operating_point import ARGMAX_RULE, SITES_RULE, threshold_from_round
 from fedmed.server.strategy.fedavg import SiteReply
 
@@ -173,8 +173,11 @@ class RunRecorder:
                             self.config, server_round, extra)
             self._checkpointed = (server_round, arrays, extra)
 
-    def round_record(self, server_round: int, evaluated: list[SiteReply]) -> dict[str, Any]:
-        """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round."""
+    def round_record(self, server_round: int, evaluated: list[SiteReply],
+                     pooled: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """{"round", "sites": {name: {...}}, "aggregate": {...}, "seconds"} for one round;
+        `pooled`: the strategy's pooled metrics at the operating threshold, when the sites
+        sent histograms (`fedmed.common.metrics.evaluation_round`)."""
         sites: dict[str, dict[str, Any]] = {}
         for reply in self._train.get(server_round, []):
             entry = sites.setdefault(reply.site, {})
@@ -206,7 +209,6 @@ class RunRecorder:
                 entry["epsilon"] = max(float(reply.metrics["epsilon"]), entry.get("epsilon", 0.0))
         evaluated_sites = {k: v for k, v in sites.items() if "num_examples" in v}
         aggregate = aggregate_sites(evaluated_sites)
-        _, pooled = evaluation_round({r.site: r.metrics for r in evaluated if r.status == "ok"})
         if pooled is not None:
             aggregate.update({name: pooled[name] for name in (
                 "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "confusion", "roc",
@@ -219,21 +221,25 @@ class RunRecorder:
             "seconds": time.perf_counter() - self._round_started,
         }
 
-    @staticmethod
-    def threshold_extra(threshold: float | None, server_round: int) -> dict[str, Any]:
+    def threshold_extra(self, threshold: float | None, server_round: int) -> dict[str, Any]:
         """The checkpoint keys saying how the model turns probabilities into a decision."""
         if threshold is None:
             return {"threshold_rule": ARGMAX_RULE}
-        return {"threshold": threshold, "threshold_rule": f"{SITES_RULE}, round {server_round}"}
+        first = threshold_pool_start(self.config.rounds)
+        rounds = f"rounds {first}-{server_round}" if first < server_round else f"round {server_round}"
+        return {"threshold": threshold, "threshold_rule": f"{SITES_RULE}, {rounds}"}
 
-    def on_evaluate(self, server_round: int, replies: list[SiteReply], _arrays: ArrayRecord | None) -> None:
-        record = _clean(self.round_record(server_round, replies))
+    def on_evaluate(self, server_round: int, replies: list[SiteReply],
+                    pooled: Mapping[str, Any] | None = None) -> None:
+        record = _clean(self.round_record(server_round, replies, pooled))
         # A cut-off on P(class 1) means something for two classes only.
         self.last_threshold = threshold_from_round(record) if len(self.config.classes) == 2 else None
         if self.last_threshold is not None and self._checkpointed and self._checkpointed[0] == server_round:
             # Before the metrics row: a round is complete only with both, and then its
             # checkpoint already carries the threshold its evaluation chose.
             _, arrays, extra = self._checkpointed
+            if self.checkpoint_extra:  # the strategy's state now holds this round's evaluation too
+                extra = {**extra, "strategy_state": self.checkpoint_extra()}
             save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(), self.config,
                             server_round, {**extra, **self.threshold_extra(self.last_threshold, server_round)})
         with open(self.out_dir / METRICS_FILE, "a") as fh:

@@ -15,6 +15,7 @@ from fedmed.common.models import build_model
 from fedmed.common.settings import ImageSettings
 from fedmed.server.outputs import FINAL_MODEL, METRICS_FILE, RunRecorder
 from fedmed.server.strategy.fedavg import SiteReply
+from test_update_checks import _as_if_in_a_run  # noqa: F401 — a fixture
 
 
 def _histograms(shift: int) -> dict:
@@ -35,7 +36,7 @@ def test_round_record_has_the_contract_fields_and_checkpoints_carry_the_threshol
     per_site, pooled = evaluation_round({r.site: r.metrics for r in replies})
     for reply in replies:  # what SiteAwareFedAvg.aggregate_evaluate hands the observer
         reply.metrics.update(per_site[reply.site])
-    recorder.on_evaluate(1, replies, None)
+    recorder.on_evaluate(1, replies, pooled)
     recorder.finish("completed")
 
     (row,) = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
@@ -63,3 +64,45 @@ def test_a_site_with_exact_metrics_keeps_its_own_auc_and_loss():
     assert per_site["A"]["auc"] == 0.987 and per_site["A"]["loss"] == 0.21
     assert per_site["A"]["accuracy"] != 0.1 and per_site["A"]["threshold"] == pooled["threshold"]
     assert per_site["B"]["auc"] != 0.5 and per_site["B"]["loss"] != 9.0
+
+
+def _evaluation(node_id: int, site: str, hist: dict):
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedmed.common.protocol import METRICS_KEY, SITE_KEY
+
+    sent = Message(content=RecordDict(), dst_node_id=node_id, message_type="evaluate")
+    return Message(content=RecordDict({
+        METRICS_KEY: MetricRecord({"num-examples": 70, "dp_metrics": 1, **hist}),
+        SITE_KEY: ConfigRecord({"name": site, "status": "ok", "reason": ""}),
+    }), reply_to=sent)
+
+
+def test_the_threshold_pools_the_second_half_of_the_runs_evaluations(_as_if_in_a_run):
+    import numpy as np
+
+    from fedmed.common.metrics import choose_threshold, read_histograms, threshold_pool_start
+    from fedmed.server.strategy import SiteAwareFedAvg
+
+    assert [threshold_pool_start(r) for r in (1, 2, 3, 15)] == [1, 2, 2, 8]
+    seen = {}
+    strategy = SiteAwareFedAvg(min_sites=1, threshold_pool_from=2,
+                               on_evaluate=lambda rnd, replies, pooled: seen.__setitem__(rnd, pooled))
+    def overlapping(centre: int) -> dict:
+        # Classes overlapping around bin `centre`: the equal-error edge sits there.
+        neg = [float(max(0, 12 - 2 * abs(i - (centre - 2)))) for i in range(20)]
+        pos = [float(max(0, 12 - 2 * abs(i - (centre + 2)))) for i in range(20)]
+        return {histogram_key(0): neg, histogram_key(1): pos}
+
+    centres = {1: 10, 2: 7, 3: 13}   # a noisy round moves its own equal-error edge
+    for rnd, centre in centres.items():
+        strategy.aggregate_evaluate(rnd, [_evaluation(1, "A", overlapping(centre))])
+    own = {rnd: read_histograms(overlapping(centre)) for rnd, centre in centres.items()}
+    assert seen[1]["threshold"] == choose_threshold(own[1])           # before the pool: its own
+    assert seen[3]["threshold"] == choose_threshold(own[2] + own[3])  # rounds 2 and 3 together
+    assert seen[3]["threshold"] != choose_threshold(own[3])
+    assert len(strategy.threshold_pool) == 2
+    # A resumed run's strategy pools on from where the checkpoint's state left it.
+    resumed = SiteAwareFedAvg(min_sites=1, threshold_pool_from=2)
+    resumed.load_state(strategy.state())
+    np.testing.assert_array_equal(resumed.threshold_pool[1], strategy.threshold_pool[1])

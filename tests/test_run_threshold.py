@@ -28,7 +28,7 @@ def _recorder(out: Path, thresholds: dict[int, float | None], resume_after: int 
               config: FederationConfig = CONFIG) -> RunRecorder:
     recorder = RunRecorder(out, config, resume_after=resume_after, checkpoint_extra=lambda: {"k": 1})
 
-    def hand_made(server_round: int, evaluated) -> dict:
+    def hand_made(server_round: int, evaluated, pooled=None) -> dict:
         aggregate = {"accuracy": 0.8}
         if thresholds.get(server_round) is not None:
             aggregate["threshold"] = thresholds[server_round]

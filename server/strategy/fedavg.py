@@ -73,7 +73,9 @@ class SiteReply:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-RoundObserver = Callable[[int, list[SiteReply], ArrayRecord | None], None]
+# Training: (round, replies, the new global weights or None); evaluation: (round, replies,
+# the pooled metrics of `fedmed.common.metrics.evaluation_round` or None).
+RoundObserver = Callable[[int, list[SiteReply], Any], None]
 EventObserver = Callable[..., Any]
 
 
@@ -116,6 +118,7 @@ class SiteAwareFedAvg(FedAvg):
         node_names: dict[int, str] | None = None,
         names_source: Callable[[], dict[int, str]] | None = None,
         join_timeout: float = 0.0,
+        threshold_pool_from: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -143,6 +146,10 @@ class SiteAwareFedAvg(FedAvg):
         self._sampled: set[int] = set()
         self._sent: list[Message] = []
         # Example counts each site declared this run, for training and for evaluation.
+        # The pooled evaluation histograms of the rounds from `threshold_pool_from` on,
+        # which the operating threshold is chosen on (`threshold_pool_start`).
+        self.threshold_pool_from = threshold_pool_from
+        self.threshold_pool: list[np.ndarray] = []
         train = DeclaredCounts(self.limits.max_example_ratio)
         self.counts = {"train": train,
                        "evaluate": DeclaredCounts(self.limits.max_example_ratio, holds_to_declaration=False,
@@ -163,9 +170,11 @@ class SiteAwareFedAvg(FedAvg):
                    for name in self._MOMENTS if getattr(self, name, None)}
         return {"node_names": {str(k): v for k, v in self.node_names.items()},
                 "limits": self.limits.to_dict(), "moments": moments,
-                "declared_examples": {stage: c.to_dict() for stage, c in self.counts.items()}}
+                "declared_examples": {stage: c.to_dict() for stage, c in self.counts.items()},
+                "threshold_pool": [h.tolist() for h in self.threshold_pool]}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        self.threshold_pool = [np.asarray(h, dtype=np.float64) for h in state.get("threshold_pool") or ()]
         for stage, declared in (state.get("declared_examples") or {}).items():
             if stage in self.counts:
                 self.counts[stage].load(declared)
@@ -369,22 +378,26 @@ class SiteAwareFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Derive every site's metrics from its score histograms at the round's pooled
-        operating threshold (`fedmed.common.metrics.evaluation_round`); hand them to the
-        observer; return the pooled metrics (or, without histograms, the example-weighted
-        means)."""
+        """Derive every site's metrics from its score histograms at the operating
+        threshold chosen on the pooled histograms of this round and, in the run's second
+        half, of the earlier rounds there (`fedmed.common.metrics.evaluation_round`,
+        `threshold_pool_start`); hand them and the pooled metrics to the observer; return
+        the pooled metrics (or, without histograms, the example-weighted means)."""
         server_round += self.round_offset
         read = self._read(replies)
         self._screen_counts(server_round, "evaluate", read)
         usable = [m for m, r in read if r.status == SiteStatus.OK.value]
         recorded = [reply for _, reply in read]
         ok = {r.site: r.metrics for r in recorded if r.status == SiteStatus.OK.value}
-        per_site, pooled = evaluation_round(ok)
+        pooling = server_round >= self.threshold_pool_from
+        per_site, pooled = evaluation_round(ok, self.threshold_pool if pooling else ())
+        if pooled is not None and pooling:
+            self.threshold_pool.append(pooled["histograms"])
         for reply in recorded:
             if reply.site in per_site:
                 reply.metrics.update(per_site[reply.site])
         if self.on_evaluate is not None:
-            self.on_evaluate(server_round, recorded, None)
+            self.on_evaluate(server_round, recorded, pooled)
         if pooled is not None:
             return MetricRecord({k: float(v) for k, v in pooled.items() if isinstance(v, (int, float))})
         scalars = {site: {"num_examples": m.get("num-examples", 0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fedmed.common.federation import FederationConfig
+from fedmed.common.metrics import threshold_pool_start
 from fedmed.server.strategy.fedadam import SiteAwareFedAdam
 from fedmed.server.strategy.fedavg import SiteAwareFedAvg
 from fedmed.server.strategy.fedavgm import SiteAwareFedAvgM
@@ -12,7 +13,9 @@ FEDAVGM_SERVER_LR = 1.0
 
 
 def build_strategy(config: FederationConfig, **observers) -> SiteAwareFedAvg:
-    """`fedavg` (default), `fedavgm` or `fedadam`, with the run's quorum and the given observers."""
+    """`fedavg` (default), `fedavgm` or `fedadam`, with the run's quorum, the rounds whose
+    evaluations the operating threshold pools, and the given observers."""
+    observers.setdefault("threshold_pool_from", threshold_pool_start(config.rounds))
     if config.strategy == "fedavgm":
         return SiteAwareFedAvgM(min_sites=config.min_sites, server_momentum=config.server_momentum,
                                 server_lr=FEDAVGM_SERVER_LR, **observers)
