@@ -6,6 +6,7 @@ RUN_DIR/
   checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state,
                         + the round's operating threshold when its metrics row has one)
   model-final.pt        the final global model, with the last round's operating threshold
+                        (chosen on the pooled evaluations of the run's second half)
                         (`fedmed.common.operating_point`; arg-max when there is none)
   status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
   audit.jsonl           who started and stopped the run, sites joined/left/refused, who
