@@ -112,23 +112,6 @@ def test_noise_free_step_is_the_sum_of_clipped_record_gradients(mode):
     assert (norms > clip).any()
 
 
-def test_a_site_smaller_than_the_batch_divides_by_the_nominal_batch():
-    # 6 records, B = 64: all six join every step (q = 1), and the clipped sum is divided by
-    # 64, as at a larger site, not by 6 (which would make each record weigh ten times more).
-    model = _tiny()
-    x, y = _records(6, 4, seed=2)
-    xb, yb = torch.from_numpy(x), torch.from_numpy(y)
-    training = _private(model, x, y, batch_size=64, noise=0.0, clip=1e6, lr=0.0)
-    assert training.schedule.sample_rate == 1.0
-    dp_step(training, xb, yb)
-    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    reference = _tiny()
-    reference.load_state_dict(model.state_dict())
-    (nn.functional.cross_entropy(reference(xb), yb, reduction="sum") / 64).backward()
-    torch.testing.assert_close(got, torch.cat([p.grad.reshape(-1) for p in reference.parameters()]),
-                               rtol=1e-4, atol=1e-6)
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_with_a_large_clip_and_no_noise_the_step_is_the_plain_step(name):
     side = SMALL_SIDE[name]

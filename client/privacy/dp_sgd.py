@@ -248,14 +248,6 @@ def make_private_training(
     else:
         dp_model, dp_optimizer, loader = wrapped
     _fix_step_count(loader, schedule)
-    # Every step divides its noisy sum of clipped gradients by the nominal batch B, not by
-    # Opacus' expected batch q·N: a site smaller than B samples all its N records at once
-    # (q = 1), and dividing by N would give each record B/N times the weight it has at a
-    # larger site -- on a site of 190 records at lr 1, steps so large that the scores of
-    # every image saturated (the linear scaling rule, lr ∝ batch; Goyal et al. 2017,
-    # "Accurate, Large Minibatch SGD"). The divisor is a constant, so the privacy analysis
-    # is unchanged; at sites of N ≥ B it moves the step by less than q·N differs from B.
-    dp_optimizer.expected_batch_size = batch_size
     return PrivateTraining(
         module=module, model=dp_model, optimizer=dp_optimizer, loader=loader,
         criterion=criterion, mode=mode, schedule=schedule, seed=seed, engine=engine,
