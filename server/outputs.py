@@ -5,6 +5,7 @@ RUN_DIR/
   metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
   checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state,
                         + the round's operating threshold when its metrics row has one)
+  starting-point.pt     round 1's weights and the frozen names (`server/starting_point.py`)
   model-final.pt        the final global model, with the last round's operating threshold
                         (`fedmed.common.operating_point`; arg-max when there is none)
   status.json           how the run ended: {"status": "completed"|"failed", "reason": ...}
@@ -62,6 +63,11 @@ def _version() -> str:
         return version("fedmed")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _weights(arrays: ArrayRecord) -> dict[str, Any]:
+    """numpy arrays, not tensors: the ServerApp writes checkpoints without torch."""
+    return {name: array.numpy() for name, array in arrays.items()}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -169,7 +175,7 @@ class RunRecorder:
         if arrays is not None:
             self.last_arrays = arrays
             extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else {}
-            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
+            save_checkpoint(self.checkpoint_path(server_round), _weights(arrays),
                             self.config, server_round, extra)
             self._checkpointed = (server_round, arrays, extra)
 
@@ -234,7 +240,7 @@ class RunRecorder:
             # Before the metrics row: a round is complete only with both, and then its
             # checkpoint already carries the threshold its evaluation chose.
             _, arrays, extra = self._checkpointed
-            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(), self.config,
+            save_checkpoint(self.checkpoint_path(server_round), _weights(arrays), self.config,
                             server_round, {**extra, **self.threshold_extra(self.last_threshold, server_round)})
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
@@ -246,7 +252,7 @@ class RunRecorder:
     def finish(self, status: str, reason: str = "", final_arrays: ArrayRecord | None = None) -> None:
         arrays = final_arrays or self.last_arrays
         if arrays is not None:
-            save_checkpoint(self.out_dir / FINAL_MODEL, arrays.to_torch_state_dict(),
+            save_checkpoint(self.out_dir / FINAL_MODEL, _weights(arrays),
                             self.config, self.rounds_done,
                             self.threshold_extra(self.last_threshold, self.rounds_done))
         write_json(self.out_dir / STATUS_FILE, {

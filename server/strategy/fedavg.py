@@ -153,11 +153,9 @@ class SiteAwareFedAvg(FedAvg):
     def state(self) -> dict[str, Any]:
         """What the strategy knows beyond the weights; stored in every checkpoint.
 
-        Tensors, not numpy arrays, so that checkpoints still load with torch's
-        `weights_only=True`."""
-        import torch
-
-        moments = {name: {k: torch.from_numpy(np.array(v)) for k, v in getattr(self, name).items()}
+        Arrays are stored as tensors (`fedmed.common.torch_file`), so checkpoints still
+        load with torch's `weights_only=True`."""
+        moments = {name: {k: np.array(v) for k, v in getattr(self, name).items()}
                    for name in self._MOMENTS if getattr(self, name, None)}
         return {"node_names": {str(k): v for k, v in self.node_names.items()},
                 "limits": self.limits.to_dict(), "moments": moments,
@@ -171,7 +169,7 @@ class SiteAwareFedAvg(FedAvg):
             self.node_names.setdefault(int(node_id), str(name))
         for name, values in (state.get("moments") or {}).items():
             if name in self._MOMENTS:
-                setattr(self, name, {k: v.numpy() for k, v in values.items()})
+                setattr(self, name, {k: np.asarray(v) for k, v in values.items()})
 
     # --- helpers ---------------------------------------------------------------------
     def _event(self, event: str, **fields: Any) -> None:
