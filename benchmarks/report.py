@@ -534,9 +534,9 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     cpu = section.get("cpu_per_round_s") or {}
     if cpu.get("simulation") is not None and cpu.get("deployment") is not None:
         lines += ["", f"CPU time per round (median of rounds 2..R, every process of the run, user + system): "
-                  f"simulation {_num(cpu['simulation'], 2)} s, deployment {_num(cpu['deployment'], 2)} s. Unlike "
-                  "wall time, this does not grow with the machine's load, so it is the fair figure on a shared "
-                  "machine."]
+                  f"simulation {_num(cpu['simulation'], 2)} s, deployment {_num(cpu['deployment'], 2)} s. CPU time "
+                  "follows the machine's load less than wall time does, though contention for caches and shared "
+                  "cores still inflates it: compare the figures of one sitting."]
     by_kind = section.get("cpu_per_round_by_kind_s") or {}
     if by_kind:
         lines += ["", "The deployment's CPU per round by process (median of rounds 2..R; the three sites' "
@@ -583,6 +583,26 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         lines += [f"Start-up, s from launch: every site joined by {_num(startup.get('joined_s'), 1)}, every site "
                   f"had round 1's first message by {_num(startup.get('first_message_s'), 1)}, round 1 ended at "
                   f"{_num(startup['round1_s'], 1)}.{cpu_line}", ""]
+    before = section.get("before")
+    if before:
+        link_now = (section.get("cpu_per_round_by_kind_s") or {}).get("flower-superlink")
+        serverapp_now = dep["memory"].get("per_kind_peak_pss_mib", {}).get("flwr-serverapp")
+        lines += [
+            f"Against {before['what']}, run in the same sitting ({before['measured_utc']} UTC, load average "
+            f"{_num(before['load'].get('start'), 1)}–{_num(before['load'].get('end'), 1)}): peak PSS "
+            f"{_num(before['pss_mib'], 0)} → {_num(f['pss_mib'], 0)} MiB (the ServerApp {_num(before['serverapp_pss_mib'], 0)} "
+            f"→ {_num(serverapp_now, 0)} MiB); Fleet API requests per site per round "
+            f"{_num(before['busy_requests_per_site_round'], 1)} → {_num(section.get('busy_requests_per_site_round'), 1)} "
+            f"(pull-messages {_num(before['calls_per_site_round'].get('pull-messages'), 1)} → "
+            f"{_num(calls.get('pull-messages'), 1)}, pull-object {_num(before['calls_per_site_round'].get('pull-object'), 1)} → "
+            f"{_num(calls.get('pull-object'), 1)}, push-object {_num(before['calls_per_site_round'].get('push-object'), 1)} → "
+            f"{_num(calls.get('push-object'), 1)}); the SuperLink's CPU per round {_num(before['superlink_cpu_per_round_s'], 2)} "
+            f"→ {_num(link_now, 2)} s; the deployment's CPU per round {_num(before['cpu_per_round_s'].get('deployment'), 2)} → "
+            f"{_num(cpu.get('deployment'), 2)} s; round gap {_num(before['round_gap_s'], 2)} → {_num(f['round_gap_s'], 2)} s; "
+            f"round 1's first message at {_num(before['first_message_s'], 1)} → {_num(startup.get('first_message_s'), 1)} s, "
+            f"its end at {_num(before['round1_s'], 1)} → {_num(f['round1_s'], 1)} s. At this load wall times and CPU "
+            "times move by a second or more from run to run, so only the memory and the request counts are clear "
+            "differences.", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
@@ -784,7 +804,7 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
             f"machine): a deployed round takes {_num(sp['round_gap_s'], 2)} s longer than a simulated one (target "
             f"≤ 1 s, {_verdict(met['round_gap_s'])})"
             + (f" and {_num(h['speed']['cpu']['deployment'], 2)} s of CPU against the simulation's "
-               f"{_num(h['speed']['cpu']['simulation'], 2)} s (CPU time, which the load does not inflate)"
+               f"{_num(h['speed']['cpu']['simulation'], 2)} s (CPU time, which the load inflates less than wall time)"
                if h["speed"].get("cpu", {}).get("deployment") is not None
                and h["speed"]["cpu"].get("simulation") is not None else "")
             + f", launch to the end of round 1 {_num(sp['round1_s'], 1)} s "
