@@ -57,7 +57,9 @@ def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def initial_arrays(config: FederationConfig) -> ArrayRecord:
     """The round-0 global model, the same for a given seed (imports torch)."""
-    return array_record(starting_point.compute(config, {}).arrays)
+    arrays = starting_point.compute(config, {}).arrays
+    assert arrays is not None  # only an init_from file can fail
+    return array_record(arrays)
 
 
 def resume_point(out_dir: Path, config: FederationConfig, server_round: int) -> tuple[ArrayRecord, dict]:
@@ -85,12 +87,8 @@ def run_federation(
     audit = AuditLog(out_dir)
     enrolled = meta.get("sites") if isinstance(meta.get("sites"), dict) else {}
     limits = UpdateLimits.from_dict(meta.get("update_limits"))
-    try:
-        start = start_from(config, meta)
-    except ValueError as exc:  # the init_from file is not usable
-        start = None
-        start_error = str(exc)
-    if start is not None and start.frozen:
+    start = start_from(config, meta)
+    if start.frozen:
         limits = replace(limits, frozen=tuple(start.frozen))
     strategy = build_strategy(
         config,
@@ -109,9 +107,9 @@ def run_federation(
         arrays, state = resume_point(out_dir, config, resume_from)
         strategy.load_state(state)
         recorder.last_arrays = arrays
-    elif start is None:
-        recorder.finish("failed", start_error)
-        return {"status": "failed", "reason": start_error}
+    elif start.arrays is None:  # the init_from file is not usable
+        recorder.finish("failed", start.error)
+        return {"status": "failed", "reason": start.error}
     else:
         arrays = array_record(start.arrays)
     remaining = config.rounds - resume_from

@@ -404,7 +404,10 @@ def _request_limit(out_dir: Path, config: FederationConfig, transfer: dict,
     from fedmed.server.proxy import request_limit
 
     preparing.wait()
-    arrays = starting_point.read(out_dir, config.to_dict(), transfer).arrays
+    point = starting_point.read(out_dir, config.to_dict(), transfer)
+    if point.arrays is None:
+        raise DeploymentError(point.error)
+    arrays = point.arrays
     packed: dict = {}
     for array in arrays.values():
         packed[array.dtype] = packed.get(array.dtype, 0) + array.nbytes

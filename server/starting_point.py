@@ -32,8 +32,9 @@ FILE = "starting-point.pt"
 
 @dataclass(frozen=True)
 class StartingPoint:
-    arrays: dict[str, np.ndarray]   # round 1's global weights, state_dict order
-    frozen: list[str]               # state_dict keys the sites do not train (`--freeze`)
+    arrays: dict[str, np.ndarray] | None  # round 1's global weights, state_dict order
+    frozen: list[str]                     # state_dict keys the sites do not train (`--freeze`)
+    error: str = ""                       # why there are no weights (an unusable init_from file)
 
 
 def key(federation: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -45,8 +46,8 @@ def key(federation: dict[str, Any], meta: dict[str, Any]) -> str:
 
 def compute(config: FederationConfig, meta: dict[str, Any]) -> StartingPoint:
     """Build the model with torch: the run's `init_from` weights (the file must be the one
-    checked when the run was started) or random ones from the seed, and `--freeze`'s names.
-    ValueError when the `init_from` file is not usable."""
+    checked when the run was started) or random ones from the seed, and `--freeze`'s names
+    (known even when the `init_from` file is no longer usable: a resumed run needs them)."""
     import torch
 
     from fedmed.common.freezing import check_freeze, frozen_names
@@ -56,10 +57,13 @@ def compute(config: FederationConfig, meta: dict[str, Any]) -> StartingPoint:
     freeze = check_freeze(str(meta.get("freeze") or "none"))
     torch.manual_seed(config.seed)
     model = build_model(config.model, len(config.classes), config.image.size)
-    init_from = meta.get("init_from")
-    state = (load_starting_model(init_from["path"], config, expected_sha256=init_from.get("sha256")).state_dict
-             if init_from else model.state_dict())
     frozen = frozen_names(model, freeze) if freeze != "none" else []
+    init_from = meta.get("init_from")
+    try:
+        state = (load_starting_model(init_from["path"], config, expected_sha256=init_from.get("sha256")).state_dict
+                 if init_from else model.state_dict())
+    except ValueError as exc:
+        return StartingPoint(None, frozen, str(exc))
     return StartingPoint({k: v.detach().cpu().numpy() for k, v in state.items()}, frozen)
 
 
@@ -68,12 +72,9 @@ def write(run_dir: Path, spec: dict[str, Any]) -> None:
     the run's config.json) into RUN_DIR/starting-point.pt; an `init_from` error is written
     there, to be reported by the ServerApp."""
     meta = {k: v for k, v in spec.items() if k != "federation"}
-    payload: dict[str, Any] = {"key": key(spec["federation"], meta)}
-    try:
-        point = compute(FederationConfig.from_dict(spec["federation"]), meta)
-        payload.update(state_dict=point.arrays, frozen=point.frozen)
-    except ValueError as exc:
-        payload["error"] = str(exc)
+    point = compute(FederationConfig.from_dict(spec["federation"]), meta)
+    payload: dict[str, Any] = {"key": key(spec["federation"], meta), "state_dict": point.arrays,
+                               "frozen": point.frozen, "error": point.error}
     path = Path(run_dir) / FILE
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch_file.write(tmp, payload)
@@ -103,9 +104,9 @@ def read(run_dir: Path, federation: dict[str, Any], meta: dict[str, Any]) -> Sta
         payload = _load(path)
         if payload.get("key") != wanted:
             raise RuntimeError(f"{path}: not made for this run's settings")
-    if payload.get("error"):
-        raise ValueError(str(payload["error"]))
-    return StartingPoint(dict(payload["state_dict"]), list(payload.get("frozen") or []))
+    arrays = payload.get("state_dict")
+    return StartingPoint(dict(arrays) if arrays is not None else None, list(payload.get("frozen") or []),
+                         str(payload.get("error") or ""))
 
 
 def _load(path: Path) -> dict[str, Any]:
