@@ -123,6 +123,11 @@ class _StorageType:
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple,
                     _requires_grad: bool = False, _hooks: Any = None, *_more: Any) -> np.ndarray:
+    size, stride = tuple(int(n) for n in size), tuple(int(n) for n in stride)
+    # A tensor must lie inside its storage: as_strided would read any memory it is told to.
+    if len(size) != len(stride) or min((offset, *size, *stride), default=0) < 0 or \
+            (0 not in size and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= storage.size):
+        raise pickle.UnpicklingError("a tensor outside its storage")
     if not size:
         return storage[offset:offset + 1].reshape(()).copy()
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),

@@ -71,3 +71,18 @@ def test_checkpoint_written_without_torch_loads_with_torch(tmp_path):
     assert with_torch["round"] == 2 and with_torch["threshold"] == 0.4
     without = load_checkpoint_arrays(path)
     assert np.array_equal(without["state_dict"]["conv.weight"], state["conv.weight"])
+
+
+def test_refuses_a_tensor_outside_its_storage(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    name = next(n for n in records if n.endswith("/data.pkl"))
+    # The tensor's size (4,) becomes (400,): it would read past its 16 bytes.
+    records[name] = records[name].replace(b"K\x04\x85", b"M\x90\x01\x85", 1)
+    with zipfile.ZipFile(path, "w") as archive:
+        for n, data in records.items():
+            archive.writestr(n, data)
+    with pytest.raises(pickle.UnpicklingError, match="outside its storage"):
+        torch_file.read(path)
