@@ -583,26 +583,28 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         lines += [f"Start-up, s from launch: every site joined by {_num(startup.get('joined_s'), 1)}, every site "
                   f"had round 1's first message by {_num(startup.get('first_message_s'), 1)}, round 1 ended at "
                   f"{_num(startup['round1_s'], 1)}.{cpu_line}", ""]
-    before = section.get("before")
-    if before:
-        link_now = (section.get("cpu_per_round_by_kind_s") or {}).get("flower-superlink")
-        serverapp_now = dep["memory"].get("per_kind_peak_pss_mib", {}).get("flwr-serverapp")
+    before, after = section.get("before"), section.get("after_same_sitting")
+    if before and after:
+        def pair(key: str, digits: int, calls: bool = False) -> str:
+            if calls:
+                return (f"{_num(before['calls_per_site_round'].get(key), digits)} → "
+                        f"{_num(after['calls_per_site_round'].get(key), digits)}")
+            return f"{_num(before[key], digits)} → {_num(after[key], digits)}"
+
         lines += [
-            f"Against {before['what']}, run in the same sitting ({before['measured_utc']} UTC, load average "
-            f"{_num(before['load'].get('start'), 1)}–{_num(before['load'].get('end'), 1)}): peak PSS "
-            f"{_num(before['pss_mib'], 0)} → {_num(f['pss_mib'], 0)} MiB (the ServerApp {_num(before['serverapp_pss_mib'], 0)} "
-            f"→ {_num(serverapp_now, 0)} MiB); Fleet API requests per site per round "
-            f"{_num(before['busy_requests_per_site_round'], 1)} → {_num(section.get('busy_requests_per_site_round'), 1)} "
-            f"(pull-messages {_num(before['calls_per_site_round'].get('pull-messages'), 1)} → "
-            f"{_num(calls.get('pull-messages'), 1)}, pull-object {_num(before['calls_per_site_round'].get('pull-object'), 1)} → "
-            f"{_num(calls.get('pull-object'), 1)}, push-object {_num(before['calls_per_site_round'].get('push-object'), 1)} → "
-            f"{_num(calls.get('push-object'), 1)}); the SuperLink's CPU per round {_num(before['superlink_cpu_per_round_s'], 2)} "
-            f"→ {_num(link_now, 2)} s; the deployment's CPU per round {_num(before['cpu_per_round_s'].get('deployment'), 2)} → "
-            f"{_num(cpu.get('deployment'), 2)} s; round gap {_num(before['round_gap_s'], 2)} → {_num(f['round_gap_s'], 2)} s; "
-            f"round 1's first message at {_num(before['first_message_s'], 1)} → {_num(startup.get('first_message_s'), 1)} s, "
-            f"its end at {_num(before['round1_s'], 1)} → {_num(f['round1_s'], 1)} s. At this load wall times and CPU "
-            "times move by a second or more from run to run, so only the memory and the request counts are clear "
-            "differences.", ""]
+            f"Against {before['what']}, the same benchmark run in one sitting: the earlier code at "
+            f"{before['measured_utc']} UTC (load average {_num(before['load'].get('start'), 1)}–"
+            f"{_num(before['load'].get('end'), 1)}), this code at {after['measured_utc']} UTC (load average "
+            f"{_num(after['load'].get('start'), 1)}–{_num(after['load'].get('end'), 1)}). Peak PSS "
+            f"{pair('pss_mib', 0)} MiB (the ServerApp {pair('serverapp_pss_mib', 0)} MiB); Fleet API requests per "
+            f"site per round {pair('busy_requests_per_site_round', 1)} (pull-messages "
+            f"{pair('pull-messages', 1, True)}, pull-object {pair('pull-object', 1, True)}, push-object "
+            f"{pair('push-object', 1, True)}); the SuperLink's CPU per round {pair('superlink_cpu_per_round_s', 2)} s; "
+            f"the deployment's CPU per round {_num(before['cpu_per_round_s'].get('deployment'), 2)} → "
+            f"{_num(after['cpu_per_round_s'].get('deployment'), 2)} s; round gap {pair('round_gap_s', 2)} s; round 1's "
+            f"first message at {pair('first_message_s', 1)} s, its end at {pair('round1_s', 1)} s. At that load "
+            "wall and CPU times move by a second or more from run to run, so the memory and the request counts "
+            "are the clear differences. The figures above are from a later run of this code at a lower load.", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
