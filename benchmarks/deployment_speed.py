@@ -181,8 +181,12 @@ def run(work: Path, smoke: bool) -> dict[str, Any]:
 
     # Launch → all sites joined (register-node) → all have round 1's first message
     # (get-run, asked when a run's first message arrives) → end of round 1.
+    # CPU of every process from launch to the end of round 1: on a machine whose cores all
+    # the processes share, start-up is bound by it.
+    first = dep["rounds"][0] if dep["rounds"] else {}
     startup = {"joined_s": last_site("register-node"), "first_message_s": last_site("get-run"),
-               "round1_s": dep["time_to_round1_s"]}
+               "round1_s": dep["time_to_round1_s"], "cpu_s": first.get("cpu_s"),
+               "cpu_by_kind_s": first.get("cpu_by_kind")}
     figures = {
         "round_gap_s": dep_median - sim_median,
         "round1_s": dep["time_to_round1_s"],

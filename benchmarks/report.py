@@ -541,9 +541,9 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     cpu = section.get("cpu_per_round_s") or {}
     if cpu.get("simulation") is not None and cpu.get("deployment") is not None:
         lines += ["", f"CPU time per round (median of rounds 2..R, every process of the run, user + system): "
-                  f"simulation {_num(cpu['simulation'], 2)} s, deployment {_num(cpu['deployment'], 2)} s. Unlike "
-                  "wall time, this does not grow with the machine's load, so it is the fair figure on a shared "
-                  "machine."]
+                  f"simulation {_num(cpu['simulation'], 2)} s, deployment {_num(cpu['deployment'], 2)} s. CPU time "
+                  "follows the machine's load less than wall time does, though contention for caches and shared "
+                  "cores still inflates it: compare the figures of one sitting."]
     by_kind = section.get("cpu_per_round_by_kind_s") or {}
     if by_kind:
         lines += ["", "The deployment's CPU per round by process (median of rounds 2..R; the three sites' "
@@ -570,14 +570,48 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         f"round while a run is active ({_num(section.get('busy_requests_per_site_s'), 1)} per second of "
         "round" + (f"; by call: {by_call}" if by_call else "") + "), "
         f"{_num(f['idle_rate'], 2)} per second when idle. A message's model travels packed, one array per "
-        "dtype (`common/packed_arrays.py`), so a message is about six objects, each pulled or pushed with its "
-        "own request.",
+        "dtype, its layout a field of a record the message carries anyway (`common/packed_arrays.py`), so a "
+        "message with weights is six objects (message, record dict, array record, array, the array's chunk, "
+        "config or status record), each pulled or pushed with its own request. While a round is in flight a "
+        "site first asks for its next message after 70 % of the shorter of its last two waits, and the "
+        "ServerApp first asks its SuperLink for a phase's replies after 70 % of the shorter of the last two "
+        "phases of that kind (`client/fleet_polling.py`, `server/fast_grid.py`); then every 20–250 ms.",
         "",
     ]
     if startup.get("round1_s") is not None:
+        cpu_line = ""
+        if startup.get("cpu_s") is not None:
+            top = sorted((startup.get("cpu_by_kind_s") or {}).items(), key=lambda kv: -kv[1])[:4]
+            cpu_line = (f" By then the deployment's processes had used {_num(startup['cpu_s'], 1)} s of CPU — on "
+                        f"{section.get('cores', '?')} cores at least {_num(startup['cpu_s'] / (section.get('cores') or 1), 1)} s "
+                        "of wall time, before any other work on the machine — most of it in "
+                        + ", ".join(f"{k} {_num(v, 1)} s" for k, v in top) + " (the three sites' processes of a "
+                        "kind summed).")
         lines += [f"Start-up, s from launch: every site joined by {_num(startup.get('joined_s'), 1)}, every site "
                   f"had round 1's first message by {_num(startup.get('first_message_s'), 1)}, round 1 ended at "
-                  f"{_num(startup['round1_s'], 1)}.", ""]
+                  f"{_num(startup['round1_s'], 1)}.{cpu_line}", ""]
+    before, after = section.get("before"), section.get("after_same_sitting")
+    if before and after:
+        def pair(key: str, digits: int, calls: bool = False) -> str:
+            if calls:
+                return (f"{_num(before['calls_per_site_round'].get(key), digits)} → "
+                        f"{_num(after['calls_per_site_round'].get(key), digits)}")
+            return f"{_num(before[key], digits)} → {_num(after[key], digits)}"
+
+        lines += [
+            f"Against {before['what']}, the same benchmark run in one sitting: the earlier code at "
+            f"{before['measured_utc']} UTC (load average {_num(before['load'].get('start'), 1)}–"
+            f"{_num(before['load'].get('end'), 1)}), this code at {after['measured_utc']} UTC (load average "
+            f"{_num(after['load'].get('start'), 1)}–{_num(after['load'].get('end'), 1)}). Peak PSS "
+            f"{pair('pss_mib', 0)} MiB (the ServerApp {pair('serverapp_pss_mib', 0)} MiB); Fleet API requests per "
+            f"site per round {pair('busy_requests_per_site_round', 1)} (pull-messages "
+            f"{pair('pull-messages', 1, True)}, pull-object {pair('pull-object', 1, True)}, push-object "
+            f"{pair('push-object', 1, True)}); the SuperLink's CPU per round {pair('superlink_cpu_per_round_s', 2)} s; "
+            f"the deployment's CPU per round {_num(before['cpu_per_round_s'].get('deployment'), 2)} → "
+            f"{_num(after['cpu_per_round_s'].get('deployment'), 2)} s; round gap {pair('round_gap_s', 2)} s; round 1's "
+            f"first message at {pair('first_message_s', 1)} s, its end at {pair('round1_s', 1)} s. At that load "
+            "wall and CPU times move by a second or more from run to run, so the memory and the request counts "
+            "are the clear differences. The figures above are from a later run of this code at a lower load.", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
@@ -609,24 +643,30 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     if not met["round1_s"]:
         reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch "
                        "(timeline above): the coordinator's chain is sequential — the SuperLink starts and "
-                       "listens, `flwr run` submits the run, Flower's SuperExec starts the ServerApp, which "
-                       "imports torch and builds the model before round 1's messages go out — and each of these "
-                       "is a Python process importing Flower on shared cores; then every site decodes its "
-                       f"images. Flower's simulation needed {_num(sim['round1_s'], 1)} s for its round 1 after "
-                       "Ray started")
+                       "listens, `flwr run` submits the run, Flower's SuperExec starts the ServerApp — and each "
+                       "of these is a Python process importing Flower, while the three sites' executors import "
+                       "torch and their SuperNodes import Flower on the same cores; then every site decodes its "
+                       "images. The ServerApp no longer imports torch or builds the model: a child process that "
+                       "`fedmed server start` starts next to the SuperLink writes round 1's weights. What is left "
+                       "is CPU-bound on this machine (the CPU used by the end of round 1 is above), and on a "
+                       "machine of its own a real site does its part in parallel with the coordinator. Flower's "
+                       f"simulation needed {_num(sim['round1_s'], 1)} s for its round 1 after Ray started")
     if not met["pss_mib"]:
         def kind(name: str) -> str:
             return _num(kinds.get(name), 0)
         reasons.append(
-            f"memory: four processes hold torch — the three sites' executors (up to {kind('fedmed.client.app_executor')} "
-            f"MiB each) and the ServerApp ({kind('flwr-serverapp')} MiB, which builds the round-0 model and writes "
-            "checkpoints in torch's format); `import torch` alone leaves about 280 MiB "
-            "of private memory in each, and torch's optimizer loads `torch._dynamo` (about 100 MiB more) in every "
-            "process that trains (its constructor is wrapped in a dynamo guard that imports it). Flower's own "
-            f"processes add the SuperLink ({kind('flower-superlink')} MiB), its "
-            f"SuperExec ({kind('flower-superexec')} MiB) and a SuperNode per site ({kind('fedmed.client.fleet_polling')} "
-            f"MiB each), and each `fedmed` launcher ({kind('fedmed')} MiB at most) holds Flower's or pydicom's "
-            "modules from its checks")
+            f"memory: only the three sites' executors hold torch (up to {kind('fedmed.client.app_executor')} MiB "
+            f"each); the ServerApp ({kind('flwr-serverapp')} MiB) aggregates numpy arrays and writes torch-format "
+            "checkpoints without torch, and the short-lived child that builds round 1's model "
+            f"({kind('fedmed.server.starting_point')} MiB) has exited before the sites train. In an executor, "
+            "`import torch` alone leaves about 290 MiB of private memory; on top of that, measured by importing "
+            "them into one process, torch's optimizer step imports `torch._dynamo` (about 100 MiB with sympy) in "
+            "every process that trains, and the privacy round's DP-SGD module imports Opacus, torchvision and "
+            "SciPy (about 60 MiB) even at a site with DP off. Flower's own processes add the SuperLink "
+            f"({kind('flower-superlink')} MiB), its SuperExec ({kind('flower-superexec')} MiB) and a SuperNode "
+            f"per site ({kind('fedmed.client.fleet_polling')} MiB each, Flower's SuperNode imports SQLAlchemy, "
+            f"Alembic and FastAPI), and each `fedmed` launcher ({kind('fedmed')} MiB at most) holds Flower's or "
+            "pydicom's modules from its checks")
     if reasons:
         lines += ["Missed targets, as measured: " + "; ".join(reasons) + ".", ""]
     return lines
@@ -640,6 +680,7 @@ _PROCESS_ROLE = {
     "flwr-serverapp": "aggregates, checks updates, writes checkpoints and metrics",
     "flower-superexec": "asks the SuperLink for ServerApp tasks",
     "fedmed": "the launchers: follow the run folder, supervise",
+    "fedmed.server.starting_point": "builds round 1's model once, at launch (short-lived)",
 }
 
 
@@ -834,7 +875,7 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
             f"machine): a deployed round takes {_num(sp['round_gap_s'], 2)} s longer than a simulated one (target "
             f"≤ 1 s, {_verdict(met['round_gap_s'])})"
             + (f" and {_num(h['speed']['cpu']['deployment'], 2)} s of CPU against the simulation's "
-               f"{_num(h['speed']['cpu']['simulation'], 2)} s (CPU time, which the load does not inflate)"
+               f"{_num(h['speed']['cpu']['simulation'], 2)} s (CPU time, which the load inflates less than wall time)"
                if h["speed"].get("cpu", {}).get("deployment") is not None
                and h["speed"]["cpu"].get("simulation") is not None else "")
             + f", launch to the end of round 1 {_num(sp['round1_s'], 1)} s "

@@ -29,7 +29,7 @@ from fedmed.client.training import make_loader, make_optimizer, pick_device, pre
 from fedmed.common.federation import FederationConfig
 from fedmed.common.freezing import apply_freeze
 from fedmed.common.models import build_model
-from fedmed.common.packed_arrays import LAYOUT_KEY, pack, take
+from fedmed.common.packed_arrays import put, take
 from fedmed.common.protocol import (ARRAYS_KEY, FEDERATION_KEY, FREEZE_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY,
                                     SiteStatus)
 
@@ -87,7 +87,7 @@ def _report_failure(site_name: str, stage: str, exc: BaseException) -> str:
 
 def _global_model(msg: Message, config: FederationConfig) -> torch.nn.Module:
     model = build_model(config.model, len(config.classes), config.image.size)
-    model.load_state_dict(take(msg.content, ARRAYS_KEY).to_torch_state_dict())
+    model.load_state_dict(take(msg.content, ARRAYS_KEY, carrier="config").to_torch_state_dict())
     return model
 
 
@@ -99,11 +99,12 @@ def _train_reply(site: Site, status: SiteStatus, reason: str, metrics: dict, arr
               "dp": 1 if site.privacy.enabled else 0, "epsilon": math.nan,
               "noise_multiplier": math.nan, "delta": math.nan}
     record.update(metrics)
-    content = {METRICS_KEY: MetricRecord(record), SITE_KEY: _site_record(site.name, status, reason)}
+    content = RecordDict({METRICS_KEY: MetricRecord(record), SITE_KEY: _site_record(site.name, status, reason)})
     if arrays is not None:
-        # One array per dtype on the wire instead of one per tensor (`packed_arrays`).
-        content[ARRAYS_KEY], content[LAYOUT_KEY] = pack(arrays)
-    return RecordDict(content)
+        # One array per dtype on the wire instead of one per tensor, the layout in the
+        # status record (`packed_arrays`).
+        put(content, ARRAYS_KEY, arrays, carrier=SITE_KEY)
+    return content
 
 
 def _privacy_round(msg: Message, site: Site, data, config: FederationConfig) -> PrivacyRound:

@@ -15,24 +15,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
+import numpy as np
+
+from fedmed.common import torch_file
 from fedmed.common.federation import FederationConfig
 from fedmed.common.settings import trained_on
 from fedmed.common.operating_point import check_threshold
-
-if TYPE_CHECKING:
-    import torch
 
 FORMAT = "fedmed-model/1"
 EXTENSION = ".pt"
 
 
-def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: FederationConfig,
-                    server_round: int, extra: dict[str, Any] | None = None) -> Path:
-    """Write atomically: a reader never sees a half-written model."""
-    import torch  # here, not at the top: the coordinator's launcher reads run folders without torch
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor (torch is then imported already)
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
+
+def save_checkpoint(path: Path, state_dict: Mapping[str, Any], config: FederationConfig,
+                    server_round: int, extra: dict[str, Any] | None = None) -> Path:
+    """Write atomically: a reader never sees a half-written model.
+
+    `state_dict` holds tensors or numpy arrays; the file is torch's format either way
+    (`torch_file`), written without torch so that the coordinator never imports it."""
     payload = {
         "format": FORMAT,
         "round": server_round,
@@ -42,14 +49,26 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], config: Fed
         # Optional (older models lack it): what predict compares a file with.
         "trained_on": trained_on(config.image),
         "federation": config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "state_dict": {k: _as_numpy(v) for k, v in state_dict.items()},
         **(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
+    torch_file.write(tmp, payload)
     os.replace(tmp, path)
     return path
+
+
+def load_checkpoint_arrays(path: Path) -> dict[str, Any]:
+    """As `load_checkpoint`, without torch: tensors come back as numpy arrays (the
+    coordinator's ServerApp resumes from these)."""
+    try:
+        payload = torch_file.read(path)
+    except Exception as exc:  # noqa: BLE001 — a bad zip or pickle raises many kinds
+        raise ValueError(f"{path}: not a fedmed model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fedmed model file (expected format {FORMAT})")
+    return payload
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -21,7 +21,10 @@ private learning needs better features (or much more data)"). `trainable_count` 
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch only where a model is at hand: the ServerApp checks modes without it
+    from torch import nn
 
 FREEZE_MODES = ("none", "body", "all-but-last-block")
 
@@ -38,6 +41,8 @@ def _has_weights(module: nn.Module) -> bool:
 
 def head_name(model: nn.Module) -> str:
     """The qualified name of the model's last linear layer (its classification head)."""
+    from torch import nn
+
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linear:
         raise ValueError(f"--freeze: {type(model).__name__} has no linear head to train")

@@ -7,8 +7,11 @@ the 8-tensor `cnn`, about 20 requests per message each way, most of a deployed r
 requests and of the SuperLink's CPU. Packed, the same weights are one array per dtype
 (one for every fedmed model) and a layout, so a message is a handful of objects.
 
-The layout — each tensor's name, dtype and shape, in order — travels as JSON in a
-ConfigRecord next to the arrays (`LAYOUT_KEY`). `unpack` is the only reader of what a
+The layout — each tensor's name, dtype and shape, in order — travels as JSON, as the
+field `LAYOUT_KEY` of a ConfigRecord the message carries anyway (its "carrier": the
+coordinator's `config`, a site's status record), since every record is one more object and
+so one more request each way; `pack` alone gives it as a ConfigRecord of its own, stored
+under `LAYOUT_KEY`, which `take` reads too. `unpack` is the only reader of what a
 site sends and refuses anything that does not add up (`PackingError`); the coordinator's
 update checks then see the same named tensors as before. A RecordDict without a layout
 is taken as unpacked, so callers that build records themselves still work.
@@ -45,14 +48,27 @@ def pack(record: ArrayRecord) -> tuple[ArrayRecord, ConfigRecord]:
     return packed, ConfigRecord({_LAYOUT_FIELD: json.dumps(layout)})
 
 
-def put(content: RecordDict, key: str, record: ArrayRecord) -> None:
-    """Store `record` packed in `content` under `key`, with its layout."""
-    content[key], content[LAYOUT_KEY] = pack(record)
+def put(content: RecordDict, key: str, record: ArrayRecord, carrier: str) -> None:
+    """Store `record` packed in `content` under `key`, its layout as a field of the
+    ConfigRecord `content[carrier]`."""
+    packed, layout = pack(record)
+    content[key] = packed
+    content[carrier][LAYOUT_KEY] = layout[_LAYOUT_FIELD]
 
 
-def _layout(content: RecordDict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+def _layout_text(content: RecordDict, carrier: str | None) -> str | None:
+    """The layout's JSON: a field of `content[carrier]`, else the record `LAYOUT_KEY`;
+    None when the arrays are not packed."""
+    if carrier is not None and carrier in content.config_records and LAYOUT_KEY in content[carrier]:
+        return str(content[carrier][LAYOUT_KEY])
+    if LAYOUT_KEY in content.config_records:
+        return str(content[LAYOUT_KEY].get(_LAYOUT_FIELD, ""))
+    return None
+
+
+def _layout(text: str) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     try:
-        raw = json.loads(str(content[LAYOUT_KEY][_LAYOUT_FIELD]))
+        raw = json.loads(text)
         if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
             raise PackingError("packed-layout-malformed")
         layout = [(str(name), np.dtype(dtype), tuple(int(n) for n in shape)) for name, dtype, shape in raw]
@@ -66,12 +82,14 @@ def _layout(content: RecordDict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     return layout
 
 
-def take(content: RecordDict, key: str) -> ArrayRecord:
-    """The named tensors stored under `key` (packed by `put`, or as a plain ArrayRecord)."""
+def take(content: RecordDict, key: str, carrier: str | None = None) -> ArrayRecord:
+    """The named tensors stored under `key` (packed by `put` with `carrier`, or as a
+    plain ArrayRecord)."""
     record = content[key]
-    if LAYOUT_KEY not in content.config_records:
+    text = _layout_text(content, carrier)
+    if text is None:
         return record
-    layout = _layout(content)
+    layout = _layout(text)
     sizes: dict[str, int] = {}
     for _, dtype, shape in layout:
         sizes[dtype.str] = sizes.get(dtype.str, 0) + int(np.prod(shape, dtype=np.int64))
@@ -93,9 +111,12 @@ def take(content: RecordDict, key: str) -> ArrayRecord:
     return ArrayRecord(array_dict=tensors)
 
 
-def unpack_in_place(content: RecordDict, key: str) -> None:
+def unpack_in_place(content: RecordDict, key: str, carrier: str | None = None) -> None:
     """Replace the packed record under `key` by its named tensors and drop the layout."""
-    if LAYOUT_KEY in content.config_records:
-        record = take(content, key)
-        del content[LAYOUT_KEY]
+    if _layout_text(content, carrier) is not None:
+        record = take(content, key, carrier)
+        if carrier is not None and carrier in content.config_records and LAYOUT_KEY in content[carrier]:
+            del content[carrier][LAYOUT_KEY]
+        else:
+            del content[LAYOUT_KEY]
         content[key] = record

@@ -25,16 +25,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmed.common.checkpoint import load_checkpoint
+from fedmed.common.checkpoint import load_checkpoint_arrays
 from fedmed.common.federation import FederationConfig
-from fedmed.common.freezing import check_freeze, frozen_names
-from fedmed.common.models import build_model
+from fedmed.common.freezing import check_freeze
 from fedmed.common.protocol import FEDERATION_KEY, FREEZE_KEY
-from fedmed.common.starting_model import load_starting_model
+from fedmed.server import starting_point
 from fedmed.server.audit import AuditLog
 from fedmed.server.enrollment import node_names
 from fedmed.server.fast_grid import FastGrid, quicken_object_pulls
@@ -47,30 +46,30 @@ from fedmed.server.strategy.update_checks import UpdateLimits
 log = logging.getLogger("fedmed.server")
 
 
+# How run_federation gets round 1's weights and the frozen names: in this process (a
+# simulation, which imports torch anyway) or from a child process (a deployment).
+StartingPointSource = Callable[[FederationConfig, dict[str, Any]], starting_point.StartingPoint]
+
+
+def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
 def initial_arrays(config: FederationConfig) -> ArrayRecord:
-    """The round-0 global model, the same for a given seed."""
-    torch.manual_seed(config.seed)
-    return ArrayRecord(build_model(config.model, len(config.classes), config.image.size).state_dict())
-
-
-def starting_arrays(config: FederationConfig, meta: dict[str, Any]) -> ArrayRecord:
-    """Round 1's global model: the run's `init_from` model when it has one (the file must
-    be the one checked when the run was started), else `initial_arrays`."""
-    init_from = meta.get("init_from")
-    if not init_from:
-        return initial_arrays(config)
-    start = load_starting_model(init_from["path"], config, expected_sha256=init_from.get("sha256"))
-    return ArrayRecord(start.state_dict)
+    """The round-0 global model, the same for a given seed (imports torch)."""
+    arrays = starting_point.compute(config, {}).arrays
+    assert arrays is not None  # only an init_from file can fail
+    return array_record(arrays)
 
 
 def resume_point(out_dir: Path, config: FederationConfig, server_round: int) -> tuple[ArrayRecord, dict]:
     """The global weights and strategy state after `server_round` of a run in `out_dir`."""
     path = Path(out_dir) / "checkpoints" / f"round-{server_round:03d}.pt"
-    payload = load_checkpoint(path)
+    payload = load_checkpoint_arrays(path)
     if payload.get("federation", {}).get("model") != config.model or \
             list(payload.get("classes", [])) != list(config.classes):
         raise ValueError(f"{path}: trained with another model or classes than this run's config.json")
-    return ArrayRecord(payload["state_dict"]), dict(payload.get("strategy_state") or {})
+    return array_record(payload["state_dict"]), dict(payload.get("strategy_state") or {})
 
 
 def run_federation(
@@ -79,6 +78,7 @@ def run_federation(
     out_dir: Path,
     meta: dict[str, Any] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    start_from: StartingPointSource = starting_point.compute,
 ) -> dict[str, Any]:
     """Run all rounds on `grid`; return the status written to `status.json`."""
     meta = dict(meta or {})
@@ -87,9 +87,9 @@ def run_federation(
     audit = AuditLog(out_dir)
     enrolled = meta.get("sites") if isinstance(meta.get("sites"), dict) else {}
     limits = UpdateLimits.from_dict(meta.get("update_limits"))
-    if freeze != "none":
-        model = build_model(config.model, len(config.classes), config.image.size)
-        limits = replace(limits, frozen=tuple(frozen_names(model, freeze)))
+    start = start_from(config, meta)
+    if start.frozen:
+        limits = replace(limits, frozen=tuple(start.frozen))
     strategy = build_strategy(
         config,
         on_event=audit.record,
@@ -107,12 +107,11 @@ def run_federation(
         arrays, state = resume_point(out_dir, config, resume_from)
         strategy.load_state(state)
         recorder.last_arrays = arrays
+    elif start.arrays is None:  # the init_from file is not usable
+        recorder.finish("failed", start.error)
+        return {"status": "failed", "reason": start.error}
     else:
-        try:
-            arrays = starting_arrays(config, meta)
-        except ValueError as exc:
-            recorder.finish("failed", str(exc))
-            return {"status": "failed", "reason": str(exc)}
+        arrays = array_record(start.arrays)
     remaining = config.rounds - resume_from
     record = ConfigRecord({FEDERATION_KEY: config.to_json(), FREEZE_KEY: freeze})
     try:
@@ -160,4 +159,8 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     # Flower's deployment grid looks for replies every 3 s, and for a reply's objects
     # still being uploaded 1 s later; FastGrid as soon as they land.
     quicken_object_pulls()
-    run_federation(FastGrid(grid), config, config_path.parent, meta)
+    # Building the model needs torch, which this process never imports: the starting
+    # weights come from a child process (usually already run by `fedmed server start`).
+    run_federation(FastGrid(grid), config, config_path.parent, meta,
+                   start_from=lambda _config, _meta: starting_point.read(
+                       config_path.parent, saved["federation"], meta))

@@ -40,7 +40,7 @@ from fedmed.common.interrupts import EXIT_INTERRUPTED, signals_held
 from fedmed.common.processes import executable, flower_env, split_address
 from fedmed.common.supervision import (Child, ChildExited, PortInUse, connectable_host, start_on_free_port,
                                        start_on_port, stop_all)
-from fedmed.server import progress
+from fedmed.server import progress, starting_point
 from fedmed.server.audit import AuditLog, current_user, read_audit
 from fedmed.server.enrollment import SITES_FILE, EnrollmentError, enroll, read_sites_dir
 from fedmed.server.flower_app import RUN_CONFIG_KEY, write_app_dir
@@ -288,6 +288,10 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-hash")
     app_hash_soon = hashing.submit(_app_hash, app_dir)
     hashing.shutdown(wait=False)
+    # Round 1's weights need torch (the model is built once), which neither this launcher
+    # nor the ServerApp imports: a short-lived child works them out while the SuperLink
+    # starts, and the ServerApp reads its file.
+    preparing = starting_point.start(out_dir, config.to_dict(), transfer)
     children: list[Child] = []
     previous_handler = None
     if _is_main_thread():
@@ -317,7 +321,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
                 return [sys.executable, "-m", "fedmed.server.proxy", "--listen", f"{host}:{public_port}",
                         "--upstream", f"127.0.0.1:{link_port}", "--certs", str(Path(options.certs).resolve()),
                         "--run-dir", str(out_dir), "--max-body",
-                        str(options.max_request_bytes or _request_limit(config))]
+                        str(options.max_request_bytes or _request_limit(out_dir, config, transfer, preparing))]
 
             if port:
                 children.append(start_on_port("public-port proxy", proxy_cmd(port), env, host, port, "--address",
@@ -336,6 +340,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             "resume_from": resume_from, "sites": {str(k): v for k, v in sites.items()},
             "join_timeout": options.join_timeout, **transfer,
         })
+        preparing.wait()  # a failure is reported by the ServerApp, which then tries again itself
         run_id = _submit(out_dir, home, app_dir)
         app_hash = app_hash_soon.result()
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
@@ -362,6 +367,9 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         raise DeploymentError(str(exc)) from None
     finally:
         with signals_held():
+            if preparing.poll() is None:
+                preparing.kill()
+                preparing.wait()
             stop_all(children)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -388,16 +396,21 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     return 1
 
 
-def _request_limit(config: FederationConfig) -> int:
+def _request_limit(out_dir: Path, config: FederationConfig, transfer: dict,
+                   preparing: subprocess.Popen) -> int:
     """The proxy's push-object limit for this run's model: its largest array on the wire,
-    chunked. Weights travel packed, one array per dtype (`fedmed.common.packed_arrays`)."""
-    from fedmed.common.models import build_model
+    chunked. Weights travel packed, one array per dtype (`fedmed.common.packed_arrays`).
+    The model's shapes come from the starting point's file, so this launcher needs no torch."""
     from fedmed.server.proxy import request_limit
 
-    model = build_model(config.model, len(config.classes), config.image.size)
+    preparing.wait()
+    point = starting_point.read(out_dir, config.to_dict(), transfer)
+    if point.arrays is None:
+        raise DeploymentError(point.error)
+    arrays = point.arrays
     packed: dict = {}
-    for tensor in model.state_dict().values():
-        packed[tensor.dtype] = packed.get(tensor.dtype, 0) + tensor.numel() * tensor.element_size()
+    for array in arrays.values():
+        packed[array.dtype] = packed.get(array.dtype, 0) + array.nbytes
     return request_limit(max(packed.values()))
 
 

@@ -5,6 +5,7 @@ RUN_DIR/
   metrics.jsonl         one JSON object per completed round (see `RunRecorder.round_record`)
   checkpoints/round-NNN.pt   the global model after each round (+ the strategy's state,
                         + the round's operating threshold when its metrics row has one)
+  starting-point.pt     round 1's weights and the frozen names (`server/starting_point.py`)
   model-final.pt        the final global model, with the last round's operating threshold
                         (chosen on the pooled evaluations of the run's second half)
                         (`fedmed.common.operating_point`; arg-max when there is none)
@@ -63,6 +64,11 @@ def _version() -> str:
         return version("fedmed")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _weights(arrays: ArrayRecord) -> dict[str, Any]:
+    """numpy arrays, not tensors: the ServerApp writes checkpoints without torch."""
+    return {name: array.numpy() for name, array in arrays.items()}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -170,7 +176,7 @@ class RunRecorder:
         if arrays is not None:
             self.last_arrays = arrays
             extra = {"strategy_state": self.checkpoint_extra()} if self.checkpoint_extra else {}
-            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(),
+            save_checkpoint(self.checkpoint_path(server_round), _weights(arrays),
                             self.config, server_round, extra)
             self._checkpointed = (server_round, arrays, extra)
 
@@ -241,7 +247,7 @@ class RunRecorder:
             _, arrays, extra = self._checkpointed
             if self.checkpoint_extra:  # the strategy's state now holds this round's evaluation too
                 extra = {**extra, "strategy_state": self.checkpoint_extra()}
-            save_checkpoint(self.checkpoint_path(server_round), arrays.to_torch_state_dict(), self.config,
+            save_checkpoint(self.checkpoint_path(server_round), _weights(arrays), self.config,
                             server_round, {**extra, **self.threshold_extra(self.last_threshold, server_round)})
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
@@ -253,7 +259,7 @@ class RunRecorder:
     def finish(self, status: str, reason: str = "", final_arrays: ArrayRecord | None = None) -> None:
         arrays = final_arrays or self.last_arrays
         if arrays is not None:
-            save_checkpoint(self.out_dir / FINAL_MODEL, arrays.to_torch_state_dict(),
+            save_checkpoint(self.out_dir / FINAL_MODEL, _weights(arrays),
                             self.config, self.rounds_done,
                             self.threshold_extra(self.last_threshold, self.rounds_done))
         write_json(self.out_dir / STATUS_FILE, {

@@ -205,3 +205,58 @@ def test_an_object_still_uploading_is_asked_for_again_soon_then_left_to_flower()
     with pytest.raises(ObjectUnavailableError):
         quick("b", float("inf"))
     assert sum(clock.sleeps) <= QUICK_WINDOW_S and len(clock.sleeps) < 40
+
+
+class _TimedGrid:
+    """Answers every message once `after` seconds have passed since its push; records
+    when each pull came, in seconds after the push."""
+
+    def __init__(self, after: float) -> None:
+        self.after, self.pushed, self.pull_times = after, 0.0, []
+
+    def push_messages(self, messages):
+        import time
+
+        self.pushed = time.monotonic()
+        self.pull_times.append([])
+        return ["m"]
+
+    def pull_messages(self, ids):
+        import time
+
+        elapsed = time.monotonic() - self.pushed
+        self.pull_times[-1].append(elapsed)
+        return [_Reply("m")] if elapsed >= self.after and "m" in ids else []
+
+
+def test_fast_grid_waits_for_most_of_a_phase_as_long_as_the_last_two():
+    """From the third phase of a kind on, the first pull waits LEAD of the shorter of the
+    last two; the first two phases (round 1 decodes images) are pulled for at once."""
+    from fedmed.server.fast_grid import LEAD, FastGrid
+
+    inner = _TimedGrid(after=0.4)
+    grid = FastGrid(inner, floor=0.01, cap=0.02)
+    for _ in range(3):
+        assert len(grid.send_and_receive(["m"], timeout=10)) == 1
+    first, second, third = (times[0] for times in inner.pull_times)
+    assert first < 0.4 and second < 0.4  # no history yet: pulled for from the start
+    assert third >= LEAD * min(grid.took[""][:2])
+    assert len(grid.took[""]) == 3
+
+
+def test_an_active_site_first_waits_most_of_its_usual_wait():
+    """From the third message on, the first ask comes LEAD of the shorter of the last two
+    waits after the reply; until then it asks at once."""
+    from fedmed.client.fleet_polling import LEAD
+
+    clock = FakeClock()
+    pacing = FleetPacing(clock=clock, sleep=clock.sleep)
+    for gap in (5.0, 0.4):  # round 1 (images decoded), then a usual wait
+        clock.sleeps.clear()
+        pacing.receive(_pull_after(clock, clock.now + gap))
+        assert clock.sleeps[0] == BUSY_FLOOR_S
+    before = list(pacing.waits)
+    clock.sleeps.clear()
+    pacing.receive(_pull_after(clock, clock.now + 0.6))
+    assert clock.sleeps[0] == pytest.approx(LEAD * min(before)) and min(before) < 1.0
+    assert clock.sleeps[1] == BUSY_FLOOR_S

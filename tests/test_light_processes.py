@@ -37,3 +37,13 @@ def test_fedmed_help_imports_no_torch():
                                     "fedmed.client.fleet_polling", "fedmed.client.task_signal"])
 def test_launchers_import_no_torch(module):
     assert _heavy_modules(f"import {module}") == ""
+
+
+def test_server_app_imports_no_torch():
+    """The coordinator's ServerApp aggregates numpy arrays and writes checkpoints without
+    torch (`fedmed.common.torch_file`); round 1's model is built in a short-lived child
+    (`fedmed.server.starting_point`). Every strategy it can build is imported here."""
+    body = ("import fedmed.server.app, fedmed.server.outputs, fedmed.server.starting_point\n"
+            "import fedmed.server.strategy.registry, fedmed.server.strategy.fedavgm, "
+            "fedmed.server.strategy.fedadam\n")
+    assert _heavy_modules(body) == ""

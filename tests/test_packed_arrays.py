@@ -10,7 +10,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedmed.common.models import build_model
-from fedmed.common.packed_arrays import LAYOUT_KEY, PackingError, pack, take, unpack_in_place
+from fedmed.common.packed_arrays import LAYOUT_KEY, PackingError, pack, put, take, unpack_in_place
 
 
 def _state():
@@ -30,6 +30,17 @@ def test_a_model_packs_into_one_array_per_dtype_and_unpacks_exactly():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)
     unpack_in_place(content, "arrays")
     assert LAYOUT_KEY not in content and list(content["arrays"].keys()) == list(state)
+
+
+def test_the_layout_rides_in_a_record_the_message_carries_anyway():
+    state = _state()
+    content = RecordDict({"site": ConfigRecord({"name": "A"})})
+    put(content, "arrays", ArrayRecord(state), carrier="site")
+    assert list(content.config_records) == ["site"] and LAYOUT_KEY in content["site"]
+    unpack_in_place(content, "arrays", carrier="site")
+    assert dict(content["site"]) == {"name": "A"}
+    back = content["arrays"].to_torch_state_dict()
+    assert all(torch.equal(back[name], tensor) for name, tensor in state.items())
 
 
 def test_an_unpacked_record_is_taken_as_it_is():
@@ -84,6 +95,7 @@ def test_the_coordinator_packs_each_round_model_once_for_all_sites(monkeypatch):
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({"x": 1}), Grid()))
     assert len(messages) == 3
     for msg in messages:
-        got = take(msg.content, "arrays").to_torch_state_dict()
+        assert LAYOUT_KEY not in msg.content.config_records  # a field of "config": one object fewer
+        got = take(msg.content, "arrays", carrier="config").to_torch_state_dict()
         assert list(got) == list(arrays.keys())
         build_model("cnn", 2, 28).load_state_dict(got)

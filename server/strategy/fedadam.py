@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam
 
 from fedmed.server.strategy.fedavg import SiteAwareFedAvg
@@ -40,5 +40,6 @@ class SiteAwareFedAdam(SiteAwareFedAvg, FedAdam):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None:
             return arrays, metrics
-        state = arrays.to_torch_state_dict()
-        return ArrayRecord({k: v.float() if v.dtype == torch.float64 else v for k, v in state.items()}), metrics
+        state = {k: v.numpy() for k, v in arrays.items()}
+        return ArrayRecord({k: Array(v.astype(np.float32) if v.dtype == np.float64 else v)
+                            for k, v in state.items()}), metrics

@@ -39,11 +39,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmed.common.metrics import aggregate_sites, evaluation_round
-from fedmed.common.packed_arrays import LAYOUT_KEY, PackingError, pack, unpack_in_place
+from fedmed.common.packed_arrays import PackingError, put, unpack_in_place
 from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
 from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
 
+# The ConfigRecord Flower's FedAvg sends with the weights (`configure_train`/`_evaluate`).
+CONFIG_KEY = "config"
 REJECTED = "rejected"  # status the coordinator gives an update it refused to average
 # How often the first round looks for sites still to connect: the round starts within
 # this of the last one joining (Flower's own wait for the quorum looks once a second).
@@ -51,11 +53,18 @@ JOIN_CHECK_S = 0.2
 
 
 def _packed(messages: list[Message]) -> list[Message]:
-    """The messages with their weights packed (`packed_arrays`). Flower's FedAvg gives
-    every message the same RecordDict, so the model is packed once."""
+    """The messages with their weights packed (`packed_arrays`), the layout in their
+    `config` record. Flower's FedAvg gives every message the same RecordDict, so the
+    model is packed once."""
+    done: set[int] = set()
     for msg in messages:
-        if ARRAYS_KEY in msg.content.array_records and LAYOUT_KEY not in msg.content.config_records:
-            msg.content[ARRAYS_KEY], msg.content[LAYOUT_KEY] = pack(msg.content[ARRAYS_KEY])
+        content = msg.content
+        if id(content) in done or ARRAYS_KEY not in content.array_records:
+            continue
+        done.add(id(content))
+        if CONFIG_KEY not in content.config_records:
+            content[CONFIG_KEY] = ConfigRecord()
+        put(content, ARRAYS_KEY, content[ARRAYS_KEY], carrier=CONFIG_KEY)
     return messages
 
 
@@ -162,11 +171,9 @@ class SiteAwareFedAvg(FedAvg):
     def state(self) -> dict[str, Any]:
         """What the strategy knows beyond the weights; stored in every checkpoint.
 
-        Tensors, not numpy arrays, so that checkpoints still load with torch's
-        `weights_only=True`."""
-        import torch
-
-        moments = {name: {k: torch.from_numpy(np.array(v)) for k, v in getattr(self, name).items()}
+        Arrays are stored as tensors (`fedmed.common.torch_file`), so checkpoints still
+        load with torch's `weights_only=True`."""
+        moments = {name: {k: np.array(v) for k, v in getattr(self, name).items()}
                    for name in self._MOMENTS if getattr(self, name, None)}
         return {"node_names": {str(k): v for k, v in self.node_names.items()},
                 "limits": self.limits.to_dict(), "moments": moments,
@@ -182,7 +189,7 @@ class SiteAwareFedAvg(FedAvg):
             self.node_names.setdefault(int(node_id), str(name))
         for name, values in (state.get("moments") or {}).items():
             if name in self._MOMENTS:
-                setattr(self, name, {k: v.numpy() for k, v in values.items()})
+                setattr(self, name, {k: np.asarray(v) for k, v in values.items()})
 
     # --- helpers ---------------------------------------------------------------------
     def _event(self, event: str, **fields: Any) -> None:
@@ -302,7 +309,7 @@ class SiteAwareFedAvg(FedAvg):
                 problem = "no-weights"
             else:
                 try:
-                    unpack_in_place(msg.content, ARRAYS_KEY)
+                    unpack_in_place(msg.content, ARRAYS_KEY, carrier=SITE_KEY)
                     problem = None
                 except PackingError as exc:
                     problem = str(exc)

@@ -31,14 +31,12 @@ class SiteAwareFedAvgM(SiteAwareFedAvg, FedAvgM):
 
     def state(self) -> dict[str, Any]:
         """SiteAwareFedAvg's state plus the momentum buffer, so a resumed run keeps it."""
-        import torch
-
         state = super().state()
         if self.momentum_vector is not None:
-            state["momentum"] = [torch.from_numpy(np.array(v)) for v in self.momentum_vector]
+            state["momentum"] = [np.array(v) for v in self.momentum_vector]
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         if state.get("momentum") is not None:
-            self.momentum_vector = [v.numpy() for v in state["momentum"]]
+            self.momentum_vector = [np.asarray(v) for v in state["momentum"]]
