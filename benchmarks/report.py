@@ -730,8 +730,8 @@ def _shipped_threshold(row: dict[str, Any], floor: float = 0.80) -> str:
     if not row["key"].startswith("dp-") or any(v is None for v in shipped) or not shipped:
         return ""
     thresholds = ", ".join(f"{t['run_threshold']:.4f}" for t in row["test"])
-    return (f"At the threshold the model ships with (the last round's, chosen on the sites' noised "
-            f"histograms: {thresholds}) the balanced accuracy is {', '.join(_num(v, 3) for v in shipped)}"
+    return (f"At the threshold the model ships with (chosen on the sites' noised histograms of the "
+            f"run's second half, pooled: {thresholds}) the balanced accuracy is {', '.join(_num(v, 3) for v in shipped)}"
             + (f", **below {floor:.2f}**: the noise of the private evaluation releases, not the data, "
                "decides that threshold (docs/privacy.md, \"The operating threshold\")." if min(shipped) < floor
                else "."))

@@ -17,8 +17,8 @@ Besides the arg-max figures, each row reports sensitivity, specificity and balan
 accuracy at an operating threshold on P(pneumonia) chosen on the sites' validation splits
 by fedmed's own rule (`fedmed.common.metrics.choose_threshold` on the pooled validation
 images' score histograms, here without noise); a federated row also keeps the same at the
-run's own threshold (the last round's, chosen by the coordinator on the sites' histograms,
-noised when DP is on), which is what the trained model ships with.
+run's own threshold (chosen by the coordinator on the sites' histograms of the run's second
+half, pooled; noised when DP is on), which is what the trained model ships with.
 
 Rows keyed ``drift-*`` (one seed, `DRIFT_SEED`) try, where the no-DP federation falls
 furthest short of centralised training, whether `scatternet` or server momentum closes
