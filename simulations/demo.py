@@ -73,11 +73,10 @@ def run_demo(out: Path, rounds: int = 6, images_per_site: int = 240, seed: int =
                               model="cnn", image=ImageSettings(modalities=("CT",)))
     emit(f"federating {len(DEMO_SITES)} sites for {rounds} rounds of {epochs} local epochs "
          f"({config.model}, {config.image.size}x{config.image.size}); Flower's simulation engine starts first")
-    # DP-SGD needs thousands of images per site to learn (docs/privacy.md); with the demo's
-    # few hundred it would only show noise, so the demo's federation trains without it and
+    # The main federation trains without DP, for speed and to show what the data allows;
     # a short DP federation afterwards shows what DP costs on sites this small.
-    emit("differential privacy is OFF in this federation, for speed: its sites are too small for "
-         "DP-SGD to learn (see docs/privacy.md); `fedmed client` and `fedmed simulate` use DP by default, "
+    emit("differential privacy is OFF in this federation, for speed; `fedmed client` and `fedmed simulate` "
+         "use DP by default, "
          + ("and a short DP federation of the same sites follows" if dp_rounds > 0 else "as the README's examples show"))
     emit(progress.header())
     status = simulate(dicom_sites(data_dir, out / "state", PrivacyPolicy(enabled=False)), config, run_dir,
