@@ -27,6 +27,7 @@ import numpy as np
 
 from fedmed.common.model_health import finite_number
 from fedmed.common.operating_point import pick_cutoff
+from fedmed.common.protocol import RELEASE_NOISE_KEY
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "sensitivity", "specificity")
 HIST_BINS = 20
@@ -241,11 +242,29 @@ def evaluation_round(site_metrics: Mapping[str, Mapping[str, object]],
     if len(shapes) != 1:  # sites binned differently: no pooling, each at its own threshold
         return {name: histogram_metrics(h, choose_threshold(h)) for name, h in hists.items()}, None
     pooled = sum(hists.values())
-    threshold = choose_threshold(pooled + sum((h for h in earlier if h.shape == pooled.shape),
-                                              np.zeros_like(pooled)))
+    informative = _informative(site_metrics, hists)
+    threshold = choose_threshold(informative + sum((h for h in earlier if h.shape == pooled.shape),
+                                                   np.zeros_like(pooled)))
     per_site = {name: _keep_exact(site_metrics[name], histogram_metrics(h, threshold))
                 for name, h in hists.items()}
-    return per_site, {**histogram_metrics(pooled, threshold), "histograms": pooled}
+    return per_site, {**histogram_metrics(pooled, threshold), "histograms": informative}
+
+
+def _informative(site_metrics: Mapping[str, Mapping[str, object]], hists: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The sum of the histograms the threshold is chosen on: those that carry more of their
+    site's images than noise. A site's noised histograms hold its n images plus noise of
+    σ per bin (`RELEASE_NOISE_KEY`, sent by DP sites), σ·√(2·bins) over all bins; a site
+    whose noised count is below that adds more noise than signal to the pooled cumulative
+    counts a threshold is read from (at ε = 8 over 15 rounds σ ≈ 18 per bin, about 80
+    images' worth over 40 bins, and a small site's validation part holds a few dozen).
+    Sites without σ (exact histograms) always count; if no site qualifies, all count.
+    Reporting uses every site; this only decides which histograms choose the threshold."""
+    kept = []
+    for name, h in hists.items():
+        sigma = finite_number(site_metrics[name].get(RELEASE_NOISE_KEY))
+        if sigma is None or sigma <= 0 or h.sum() >= sigma * math.sqrt(h.size):
+            kept.append(h)
+    return sum(kept) if kept else sum(hists.values())
 
 
 def threshold_pool_start(rounds: int) -> int:

@@ -16,6 +16,7 @@ ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 SITE_KEY = "site"               # ConfigRecord: {"name": ..., "status": ..., "reason": ...}
 WEIGHT_KEY = "num-examples"     # Flower's weighting key for FedAvg
+RELEASE_NOISE_KEY = "release_noise"  # evaluate metric: σ per bin of the site's noised histograms
 
 
 class SiteStatus(str, Enum):

@@ -106,3 +106,24 @@ def test_the_threshold_pools_the_second_half_of_the_runs_evaluations(_as_if_in_a
     resumed = SiteAwareFedAvg(min_sites=1, threshold_pool_from=2)
     resumed.load_state(strategy.state())
     np.testing.assert_array_equal(resumed.threshold_pool[1], strategy.threshold_pool[1])
+
+
+def test_the_threshold_is_chosen_on_the_sites_whose_histograms_hold_more_signal_than_noise():
+    import numpy as np
+
+    from fedmed.common.metrics import choose_threshold, read_histograms
+    from fedmed.common.protocol import RELEASE_NOISE_KEY
+
+    big = {"num-examples": 140, "dp_metrics": 1, RELEASE_NOISE_KEY: 2.0, **_histograms(0)}
+    # A small DP site: a few images under noise of σ = 18 per bin (about 114 images' worth).
+    rng = np.random.default_rng(0)
+    noise = {histogram_key(k): list(np.array([0.0] * 20) + rng.normal(0, 18, 20)) for k in (0, 1)}
+    small = {"num-examples": 5, "dp_metrics": 1, RELEASE_NOISE_KEY: 18.0, **noise}
+    _, pooled = evaluation_round({"A": big, "B": small})
+    assert pooled["threshold"] == choose_threshold(read_histograms(big))
+    np.testing.assert_array_equal(pooled["histograms"], read_histograms(big))
+    assert pooled["num_examples"] > read_histograms(big).sum()  # reporting still pools both
+    # Without σ (exact histograms, or an older site) every site counts.
+    exact = {k: v for k, v in small.items() if k != RELEASE_NOISE_KEY}
+    _, both = evaluation_round({"A": big, "B": exact})
+    np.testing.assert_array_equal(both["histograms"], read_histograms(big) + read_histograms(exact))

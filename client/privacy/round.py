@@ -42,7 +42,7 @@ from .ledger import GAUSSIAN, OPEN_RELEASE, LedgerEntry, PrivacyLedger, Reservat
 from .planning import RunPlan, load_plan, plan_noise_multiplier, plan_release_noise, save_plan
 from .policy import PATIENT_IMAGES, PrivacyPolicy
 from fedmed.client.errors import SafeError
-from fedmed.common.protocol import WEIGHT_KEY
+from fedmed.common.protocol import RELEASE_NOISE_KEY, WEIGHT_KEY
 
 SECRET_FILE = "privacy-secret"
 """Random bytes that key the site's DP randomness (DP-SGD's Poisson sampling and noise, the
@@ -196,7 +196,7 @@ class PrivacyRound:
             return decision, withheld
         rng = np.random.default_rng(self._secret_seed("release"))
         return None, {**private_release(probs, labels, plan.release_noise, rng), "dp_metrics": 1,
-                      "epsilon": decision.epsilon_after}
+                      "epsilon": decision.epsilon_after, RELEASE_NOISE_KEY: float(plan.release_noise)}
 
     def training_seed(self) -> int:
         """DP-SGD's seed (Poisson sampling, noise, dropout) for this round: keyed by the
