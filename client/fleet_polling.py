@@ -53,13 +53,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from fedmed.common.backoff import Backoff
+from fedmed.common.backoff import LEAD, Backoff, first_wait  # noqa: F401 — LEAD: named in the docstring above
 
 BUSY_FLOOR_S = 0.05
-# Share of the shorter of the last two waits for a message that an active site waits
-# before its first ask; below 1, so a message a little earlier than last time is not missed
-# by much.
-LEAD = 0.7
 BUSY_CAP_S = 0.25
 IDLE_S = 3.0
 ACTIVE_WINDOW_S = 15.0
@@ -95,8 +91,8 @@ class FleetPacing:
         """Call `pull` until it returns a message; return it."""
         started = self.clock()
         busy = Backoff(BUSY_FLOOR_S, BUSY_CAP_S)
-        if len(self.waits) >= 2 and self.active():
-            self.sleep(LEAD * min(self.waits[-2:]))
+        if (lead := first_wait(self.waits)) is not None and self.active():
+            self.sleep(lead)
         while True:
             self.requests += 1
             got = pull()

@@ -7,11 +7,29 @@ its next message. A fixed interval is either slow (Flower's 3 s) or, at a hundre
 a needless load (a few milliseconds). An answer usually follows soon after the last one
 (the other sites of a round finish about together), so the wait starts at `floor` and
 grows by `factor` after every empty answer up to `cap`; `reset` starts it over.
+
+A wait of a kind (a round's training phase, a site's wait for its next message) usually
+lasts about as long as the ones before, so the first ask can hold off for most of it
+(`first_wait`): the coordinator's SuperLink answers every ask in Python, on cores the
+sites may train on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# Share of the shorter of the last two waits of a kind that the first ask holds off for:
+# below 1, so an answer a little earlier than last time is not missed by much; a later
+# one is asked for as before.
+LEAD = 0.7
+
+
+def first_wait(history: Sequence[float]) -> float | None:
+    """How long the first ask should hold off, from the seconds the earlier waits of the
+    same kind took: `LEAD` of the shorter of the last two; None (ask at once) before
+    there are two (round 1's waits include the sites' image decoding)."""
+    return LEAD * min(history[-2:]) if len(history) >= 2 else None
 
 
 @dataclass

@@ -33,15 +33,11 @@ from typing import Iterable
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedmed.common.backoff import Backoff
+from fedmed.common.backoff import LEAD, Backoff, first_wait  # noqa: F401 — LEAD: named in the docstring above
 from fedmed.common.object_pulls import quick_retry
 
 FLOOR_S = 0.02
 CAP_S = 0.1
-# The first pull of a phase waits this share of the last phase of its kind: below 1, so a
-# phase a little faster than the last is not waited for; a slower one is pulled for as
-# before, every 20-100 ms.
-LEAD = 0.7
 
 
 class FastGrid(Grid):
@@ -88,8 +84,7 @@ class FastGrid(Grid):
         deadline = None if timeout is None else started + timeout
         pace = Backoff(self.floor, self.cap)
         replies: list[Message] = []
-        took = self.took.get(kind, [])
-        first = LEAD * min(took[-2:]) if len(took) >= 2 else None
+        first = first_wait(self.took.get(kind, []))
         while waiting:
             wait = pace.next() if first is None else max(self.floor, first - (time.monotonic() - started))
             first = None

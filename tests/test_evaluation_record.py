@@ -121,9 +121,9 @@ def test_the_threshold_is_chosen_on_the_sites_whose_histograms_hold_more_signal_
     small = {"num-examples": 5, "dp_metrics": 1, RELEASE_NOISE_KEY: 18.0, **noise}
     _, pooled = evaluation_round({"A": big, "B": small})
     assert pooled["threshold"] == choose_threshold(read_histograms(big))
-    np.testing.assert_array_equal(pooled["histograms"], read_histograms(big))
+    np.testing.assert_array_equal(pooled["threshold_histograms"], read_histograms(big))
     assert pooled["num_examples"] > read_histograms(big).sum()  # reporting still pools both
     # Without σ (exact histograms, or an older site) every site counts.
     exact = {k: v for k, v in small.items() if k != RELEASE_NOISE_KEY}
     _, both = evaluation_round({"A": big, "B": exact})
-    np.testing.assert_array_equal(both["histograms"], read_histograms(big) + read_histograms(exact))
+    np.testing.assert_array_equal(both["threshold_histograms"], read_histograms(big) + read_histograms(exact))

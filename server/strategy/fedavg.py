@@ -399,7 +399,7 @@ class SiteAwareFedAvg(FedAvg):
         pooling = server_round >= self.threshold_pool_from
         per_site, pooled = evaluation_round(ok, self.threshold_pool if pooling else ())
         if pooled is not None and pooling:
-            self.threshold_pool.append(pooled["histograms"])
+            self.threshold_pool.append(pooled["threshold_histograms"])
         for reply in recorded:
             if reply.site in per_site:
                 reply.metrics.update(per_site[reply.site])
