@@ -64,10 +64,14 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
     sites["D"] = client("D", "client-D.log", data="A", env=poisoned)
     resumed = None
     try:
-        # C dies while it trains in round 1, and comes back.
+        # C dies while it trains in round 1, and comes back once round 1 is over. Round 1
+        # ends when the SuperLink drops C's dead session (two missed heartbeats, about a
+        # minute); started earlier, C is refused meanwhile and retries every 10 s, and with
+        # rounds of a few seconds the run could end between two of its retries.
         c_log = tmp_path / "client-C.log"
         assert wait_for(lambda: "Receiving: train message" in c_log.read_text(), 240), c_log.read_text()
         kill_tree(sites["C"])
+        assert wait_for(lambda: len(_rounds(run_dir)) >= 1, 300), (tmp_path / "server.log").read_text()
         sites["C"] = client("C", "client-C-restarted.log")
 
         # The coordinator dies after round 2, and is resumed.
