@@ -227,12 +227,13 @@ def _run_locked(options: ClientOptions, state_dir: Path) -> int:
                 return 1  # the reason is the line just printed
             # Flower's SuperNode exits with status 1 for every error (its own code, 305
             # for a refused connection, is only printed), so any failure counts here.
-            supernode_failed, code = _serve(options, state_dir, check)
-            if not supernode_failed or time.monotonic() > rejoin_until:
+            may_retry = time.monotonic() < rejoin_until
+            supernode_failed, code = _serve(options, state_dir, check, expect_held_session=may_retry)
+            if not supernode_failed or not may_retry:
                 return code
-            print(f"site {options.site}: the coordinator refused this site; it still holds the "
-                  f"session of this site's previous (crashed) run, retrying in {REJOIN_RETRY:g} s",
-                  flush=True)
+            print(f"site {options.site}: the coordinator refused this site ({check.refusal or 'no reason given'}); "
+                  "it still holds the session of this site's previous (crashed) run until two heartbeats "
+                  f"are missed (about a minute), retrying in {REJOIN_RETRY:g} s", flush=True)
             time.sleep(REJOIN_RETRY)
     except KeyboardInterrupt:
         print(f"site {options.site}: interrupted; stopped", flush=True)
@@ -241,9 +242,12 @@ def _run_locked(options: ClientOptions, state_dir: Path) -> int:
         marker.unlink(missing_ok=True)
 
 
-def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck) -> tuple[bool, int]:
+def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck,
+           expect_held_session: bool = False) -> tuple[bool, int]:
     """Run the SuperNode and the executor until either ends (or `check` gives up on the
-    coordinator); return (whether the SuperNode ended with an error, the exit code)."""
+    coordinator); return (whether the SuperNode ended with an error, the exit code).
+    `expect_held_session`: a refusal is likely the crashed previous run's session, which
+    the caller retries and explains, so the enrolment hint is left out."""
     # Flower keeps each run's app bundle under FLWR_HOME; keep it in the site's state.
     env = flower_env({"FLWR_HOME": str((state_dir / "flower").resolve())})
     say = check.say
@@ -271,7 +275,7 @@ def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck) -> tuple[b
             return False, 1  # the coordinator cannot be joined as configured; the line is out
         if ended is not supernode:
             say(f"the {ended.name} exited with code {ended.returncode}; stopping the site")
-        elif check.refusal:
+        elif check.refusal and not expect_held_session:
             say(f"the coordinator refused this site ({check.refusal}): if this site is new, its public key "
                 f"must be enrolled there first (`fedmed server enroll`, or {options.site}.pub in the "
                 "coordinator's --sites-dir)")

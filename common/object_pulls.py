@@ -16,6 +16,14 @@ that does the "not available" reach Flower's pull, which then backs off as it al
 does (an uploader that stalled is not hammered). A few more requests per message, each
 of them a few hundred bytes on the coordinator's own loopback or the site's
 connection, against a second of every round.
+
+`give_up_at` bounds the wait for a message whose sender stopped uploading (a site killed
+mid-reply): Flower's pull keeps asking for up to two hours
+(`flwr/supercore/constant.py: PULL_MAX_TIME`), and the coordinator's grid pulls a phase's
+replies together, so one such message held back every other site's reply of the phase
+until the round timed out and lost them. Past `give_up_at` the object's pull fails
+(`ObjectPullError`), which Flower's grid turns into an error reply for that message
+alone.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import time
 from typing import Callable, TypeVar
 
-from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
 
 from fedmed.common.backoff import Backoff
 
@@ -35,9 +43,10 @@ T = TypeVar("T")
 
 
 def quick_retry(pull: Callable[..., T], clock: Callable[[], float] = time.monotonic,
-                sleep: Callable[[float], None] = time.sleep) -> Callable[..., T]:
+                sleep: Callable[[float], None] = time.sleep, give_up_at: float | None = None) -> Callable[..., T]:
     """`pull`, asking again at a short, growing interval while it raises
-    `ObjectUnavailableError`, for up to QUICK_WINDOW_S; then the error is raised."""
+    `ObjectUnavailableError`, for up to QUICK_WINDOW_S; then the error is raised. An
+    object still unavailable at `give_up_at` (a `clock` time) raises `ObjectPullError`."""
 
     def pull_soon(*args, **kwargs) -> T:
         pace, deadline = Backoff(FLOOR_S, CAP_S), clock() + QUICK_WINDOW_S
@@ -46,6 +55,10 @@ def quick_retry(pull: Callable[..., T], clock: Callable[[], float] = time.monoto
                 return pull(*args, **kwargs)
             except ObjectUnavailableError:
                 wait = pace.next()
+                if give_up_at is not None and clock() + wait > give_up_at:
+                    # Flower's pulls name the object last: (object_id) or (run_id, object_id).
+                    raise ObjectPullError(str(args[-1]) if args else "?",
+                                          "its sender did not finish uploading it in time") from None
                 if clock() + wait > deadline:
                     raise
                 sleep(wait)

@@ -23,12 +23,20 @@ often finds some not there yet, and Flower's grid then waits 1 s before asking a
 (`flwr/superlink/grid/http_grid.py`); that name is wrapped. It is a Flower internal:
 `check_flower_internals` states what is relied on, and tests/test_fleet_polling.py fails
 when a Flower upgrade changes it (the grid then keeps Flower's waits).
+
+A phase's replies are pulled together, and a reply whose site died while uploading it
+would hold the pull (Flower retries its objects for up to two hours): past the phase's
+timeout, plus `GRACE_S` for an upload that is nearly done, that reply's pull fails and
+becomes an error reply for that site alone. When the timeout comes, one last pull
+collects the replies that have landed since the previous one.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -38,6 +46,20 @@ from fedmed.common.object_pulls import quick_retry
 
 FLOOR_S = 0.02
 CAP_S = 0.1
+GRACE_S = 5.0
+# When the object pulls of the grid's current `pull_messages` call give up (monotonic
+# seconds; None: never). Read when Flower builds the call's pull function, in the
+# calling thread; the pulls themselves run in Flower's worker threads.
+_GIVE_UP_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar("give_up_at", default=None)
+
+
+@contextmanager
+def _object_pulls_until(when: float | None) -> Iterator[None]:
+    token = _GIVE_UP_AT.set(when)
+    try:
+        yield
+    finally:
+        _GIVE_UP_AT.reset(token)
 
 
 class FastGrid(Grid):
@@ -85,20 +107,24 @@ class FastGrid(Grid):
         pace = Backoff(self.floor, self.cap)
         replies: list[Message] = []
         first = first_wait(self.took.get(kind, []))
+        give_up_at = None if deadline is None else deadline + GRACE_S
         while waiting:
             wait = pace.next() if first is None else max(self.floor, first - (time.monotonic() - started))
             first = None
+            last = False
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
-                if wait < 0:
-                    break
-            time.sleep(wait)
+                last = wait <= 0
+            time.sleep(max(wait, 0.0))
             self.pulls += 1
-            arrived = list(self.pull_messages(sorted(waiting)))
+            with _object_pulls_until(give_up_at):
+                arrived = list(self.pull_messages(sorted(waiting)))
             if arrived:
                 replies += arrived
                 waiting -= {m.metadata.reply_to_message_id for m in arrived}
                 pace.reset()
+            if last or (deadline is not None and time.monotonic() > give_up_at):
+                break
         if not waiting:
             self.took.setdefault(kind, []).append(time.monotonic() - started)
         return replies
@@ -134,7 +160,7 @@ def check_flower_internals() -> None:
 def _quick_pull_fn(*args, **kwargs):
     from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
 
-    return quick_retry(make_pull_object_fn_protobuf(*args, **kwargs))
+    return quick_retry(make_pull_object_fn_protobuf(*args, **kwargs), give_up_at=_GIVE_UP_AT.get())
 
 
 def quicken_object_pulls() -> bool:

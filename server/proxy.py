@@ -362,9 +362,17 @@ class FleetProxy:
                 code = upstream.json().get("code")
             except (ValueError, AttributeError):
                 pass
+            if upstream.status_code == 401:
+                reason = "unauthenticated"
+            elif site is not None and call == "activate-node":
+                # An enrolled key the SuperLink will not activate: its node is still online,
+                # the session of a crashed run of the site (or the same key used twice).
+                reason = "node-still-online"
+            else:
+                reason = "not-enrolled"
             self._audit("site-refused", (peer, key, upstream.status_code), peer=peer, key_sha256=key,
-                        reason="not-enrolled" if upstream.status_code == 412 else "unauthenticated",
-                        http_status=upstream.status_code, flower_code=code, call=call)
+                        reason=reason, http_status=upstream.status_code, flower_code=code, call=call,
+                        **({"site": site} if site is not None else {}))
         content = upstream.content
         if upstream.status_code == 200 and node_id is not None:
             self._observe(call, node_id, content, parsed)

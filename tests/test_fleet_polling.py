@@ -260,3 +260,53 @@ def test_an_active_site_first_waits_most_of_its_usual_wait():
     pacing.receive(_pull_after(clock, clock.now + 0.6))
     assert clock.sleeps[0] == pytest.approx(LEAD * min(before)) and min(before) < 1.0
     assert clock.sleeps[1] == BUSY_FLOOR_S
+
+
+def test_an_object_whose_sender_stopped_uploading_ends_its_pull_at_give_up_at():
+    """A site killed mid-reply: past `give_up_at` the object's pull fails for good, and
+    Flower's `pull_objects` (which would otherwise retry for up to two hours) gives up."""
+    import time
+
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError, pull_objects
+
+    from fedmed.common.object_pulls import quick_retry
+
+    def never(object_id):
+        raise ObjectUnavailableError(object_id)
+
+    started = time.monotonic()
+    with pytest.raises(ObjectPullError, match="did not finish uploading"):
+        pull_objects(["x", "y"], quick_retry(never, give_up_at=started + 0.3))
+    assert time.monotonic() - started < 3
+
+
+class _StalledGrid(_FakeGrid):
+    """Reply "a" is half-uploaded: the pull that finds it blocks until the deadline's
+    grace, then returns it as an error; reply "b" lands while that pull is blocked."""
+
+    def __init__(self) -> None:
+        super().__init__({"a": 1, "b": 2})
+        self.limits = []
+
+    def pull_messages(self, ids):
+        from fedmed.server import fast_grid
+
+        self.limits.append(fast_grid._GIVE_UP_AT.get())
+        self.pulls += 1
+        if self.pulls == 1:
+            import time
+
+            time.sleep(0.3)  # past the timeout: the stalled reply's objects
+            return [_Reply("a")]
+        return [_Reply(i) for i in ids if i == "b"]
+
+
+def test_a_stalled_reply_does_not_cost_the_phase_the_others():
+    from fedmed.server.fast_grid import FastGrid
+
+    inner = _StalledGrid()
+    replies = FastGrid(inner, floor=0.01, cap=0.02).send_and_receive(["m"] * 2, timeout=0.1)
+    # The last pull after the timeout collects "b", which landed during the stalled one.
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert inner.pulls == 2
+    assert all(limit is not None for limit in inner.limits)  # every pull's objects have a give-up time
