@@ -10,7 +10,8 @@ Run it from the repository root: Opacus installs a top-level package that is als
 `benchmarks`, and only the current directory coming first on `sys.path` (as `python -m`
 puts it) makes this one win.
 
-Sections: utility (real-data accuracy, federated and DP), dp (DP-SGD step cost), overhead
+Sections: utility (real-data accuracy, federated and DP), drift (the no-DP gap at the
+hard seed, remedy by remedy, in a plain loop), dp (DP-SGD step cost), overhead
 (round overhead, simulation and deployment, bytes per round), scale (3/10/30 sites), data
 (DICOM decode throughput), speed (fedmed's deployment against Flower's simulation on one
 task in one sitting: round time, start-up, memory, request rates). A section that fails is reported as failed and the others
@@ -36,7 +37,7 @@ from benchmarks import machine, report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-SECTIONS = ("utility", "dp", "overhead", "scale", "data", "speed")
+SECTIONS = ("utility", "drift", "dp", "overhead", "scale", "data", "speed")
 RESULTS = Path(report.PLOTS) / "results.json"
 
 
@@ -45,6 +46,9 @@ def _section_runner(name: str, work: Path, smoke: bool, results: dict[str, Any])
     if name == "utility":
         from benchmarks import utility
         return lambda: utility.run(work / "utility", smoke)
+    if name == "drift":
+        from benchmarks import client_drift
+        return lambda: client_drift.run(smoke)
     if name == "dp":
         from benchmarks import privacy_cost
         return lambda: privacy_cost.run(smoke)

@@ -19,7 +19,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("utility", "dp", "overhead", "scale", "data", "speed")
+SECTIONS = ("utility", "drift", "dp", "overhead", "scale", "data", "speed")
 # The smoke size is sized to finish in under 4 minutes on a quiet 2-core machine; the
 # limit here only stops a hung run (a shared, busy machine can be several times slower).
 TIMEOUT_S = 1200
@@ -50,7 +50,7 @@ def test_every_section_produced_rows(smoke):
         section = results["sections"][name]
         assert "error" not in section, f"{name}: {section.get('error')}"
         if "skipped" in section:  # only the sections that need the shared data set may skip
-            assert name in ("utility", "scale", "speed"), name
+            assert name in ("utility", "drift", "scale", "speed"), name
             continue
         assert section["rows"], f"{name}: no rows"
 
@@ -73,12 +73,14 @@ def test_every_run_behind_the_rows_completed(smoke):
     assert all(r["correct"] == "n/a" or r["correct"].startswith("yes ") for r in s["dp"]["rows"]), \
         [r["correct"] for r in s["dp"]["rows"]]
     assert s["data"]["test_files"]
+    if "skipped" not in s["drift"]:
+        assert all(0.0 <= r["auc"] <= 1.0 and len(r["curve"]) == r["rounds"] for r in s["drift"]["rows"])
 
 
 def test_report_and_headline_written(smoke):
     out, results, _ = smoke
     doc = (out / "benchmarks.md").read_text()
-    for heading in ("## Machine and software", "## 1. Utility", "## 2. DP cost", "## 3. Round overhead",
+    for heading in ("## Machine and software", "## 1. Utility", "## 1b. The no-DP gap", "## 2. DP cost", "## 3. Round overhead",
                     "## 4. Scale", "## 5. Data"):
         assert heading in doc
     assert results["machine"]["cpu"] in doc and "flwr 1.42" in doc
