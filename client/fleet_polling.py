@@ -39,6 +39,15 @@ which changes only how long it waits:
   interface: `check_flower_internals` states what it relies on, the launcher falls back
   to Flower's plain SuperNode (and says so) when it no longer holds, and
   tests/test_fleet_polling.py fails when a Flower upgrade changes it.
+- the loop pushes, after each message it takes, the replies its state holds at that
+  moment. When the coordinator is restarted while a site holds a message of the old run,
+  the loop ignores that message (its run is no longer running) but leaves it in its state,
+  the site's executor still answers it, and that stale reply is what the next push sends
+  (and the coordinator drops): the reply to the new run's message then waits for the
+  run's next message, after the round has timed out the site. `ReplyTracker` notes the
+  message the loop took last; when a push ends without having sent its reply, the push
+  is made again, which waits for that reply as the loop always does. The same
+  Flower-internals check covers the loop's push call.
 """
 
 from __future__ import annotations
@@ -117,6 +126,38 @@ class _ReplyWaitClock:
         time.sleep(REPLY_CHECK_S if seconds == FLOWER_REPLY_WAIT_S else seconds)
 
 
+class ReplyTracker:
+    """Which message the SuperNode's loop took last; its push is made again until that
+    message's reply has been handed to `send`."""
+
+    def __init__(self) -> None:
+        self.awaiting: str | None = None
+
+    def took(self, message_id: str) -> None:
+        self.awaiting = message_id
+
+    def push_until_answered(self, push: Callable[..., None]) -> Callable[..., None]:
+        """`push` (the loop's `_push_messages`, which blocks until a reply is there and
+        then sends the replies there are), made again while every reply it sent answered
+        another message than the one the loop took last (a stale reply of a stopped run)."""
+
+        def push_answered(state, object_store, send, push_object) -> None:
+            handed: list[str] = []
+
+            def send_noting(message, *args, **kwargs):
+                handed.append(message.metadata.reply_to_message_id)
+                return send(message, *args, **kwargs)
+
+            while True:
+                handed.clear()
+                push(state=state, object_store=object_store, send=send_noting, push_object=push_object)
+                if self.awaiting is None or self.awaiting in handed or not handed:
+                    return
+
+        push_answered.__wrapped__ = push  # type: ignore[attr-defined]
+        return push_answered
+
+
 class FlowerInternalsChanged(RuntimeError):
     """The installed Flower no longer matches what this module relies on."""
 
@@ -125,7 +166,9 @@ def check_flower_internals() -> None:
     """Raise FlowerInternalsChanged unless flwr's SuperNode loop still looks as read for
     flwr 1.42: it builds its connection by calling the module-level name
     `http_request_response` (an 8-tuple ending with confirm_message_received), sleeps 3 s
-    only after an empty pull, and waits for replies with `time.sleep(0.5)`."""
+    only after an empty pull, waits for replies with `time.sleep(0.5)`, and pushes them by
+    calling the module-level `_push_messages` with keyword arguments, dropping a reply
+    whose run has stopped."""
     from flwr.supernode import fleet_http_connection
     from flwr.supernode import start_client_internal as loop
 
@@ -141,7 +184,12 @@ def check_flower_internals() -> None:
         problems.append("the connection tuple's order changed")
     if "time.sleep(3)" not in main_loop:
         problems.append("the main loop no longer sleeps 3 s after an empty pull")
-    pushing = inspect.getsource(loop._push_messages)
+    if "_push_messages(\n                state=state,\n                object_store=store,\n" \
+       "                send=send,\n                push_object=push_object,\n            )" not in main_loop:
+        problems.append("the main loop no longer calls _push_messages(state=, object_store=, send=, push_object=)")
+    pushing = inspect.getsource(getattr(loop._push_messages, "__wrapped__", loop._push_messages))
+    if "except RunNotRunningException:" not in pushing or "reply_to_message_id" not in pushing:
+        problems.append("_push_messages no longer drops a reply whose run has stopped")
     if pushing.count(f"time.sleep({FLOWER_REPLY_WAIT_S})") != 2:
         problems.append("_push_messages no longer waits for replies with time.sleep(0.5)")
     if set(re.findall(r"\btime\.(\w+)\(", inspect.getsource(loop))) != {"sleep"}:
@@ -160,6 +208,7 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
     check_flower_internals()
     pacing = pacing or FleetPacing()
     connect = loop.http_request_response
+    replies = ReplyTracker()
 
     @contextmanager
     def paced_connection(*args, **kwargs):
@@ -167,7 +216,10 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
             node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
 
             def paced_receive():
-                return pacing.receive(receive)
+                got = pacing.receive(receive)
+                if got is not None:
+                    replies.took(got[0].metadata.message_id)
+                return got
 
             def send_reply(*a, **kw):
                 try:
@@ -184,6 +236,7 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
                    push_object, confirm_and_wake)
 
     loop.http_request_response = paced_connection
+    loop._push_messages = replies.push_until_answered(loop._push_messages)
     loop.time = _ReplyWaitClock()
     return pacing
 

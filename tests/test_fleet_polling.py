@@ -88,7 +88,8 @@ def test_backoff_grows_to_its_cap_and_starts_over():
 def test_installed_connection_paces_receive_and_wakes_the_executor(monkeypatch, tmp_path):
     from flwr.supernode import start_client_internal as loop
 
-    answers = iter([None, None, ("message", "tree")])
+    message = type("Message", (), {"metadata": type("M", (), {"message_id": "m1"})()})()
+    answers = iter([None, None, (message, "tree")])
     confirmed = []
 
     @contextmanager
@@ -99,6 +100,7 @@ def test_installed_connection_paces_receive_and_wakes_the_executor(monkeypatch, 
     # Restored after the test, whatever install() put there.
     monkeypatch.setattr(loop, "http_request_response", fake_connection)
     monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(loop, "_push_messages", loop._push_messages)
     monkeypatch.setattr(fleet_polling, "check_flower_internals", lambda: None)
     wake = signal_path(tmp_path)
     waiter = TaskSignal(wake)
@@ -107,7 +109,7 @@ def test_installed_connection_paces_receive_and_wakes_the_executor(monkeypatch, 
     with loop.http_request_response("127.0.0.1:1", True) as conn:
         node_id, receive, *_, confirm = conn
         assert node_id == 7
-        assert receive() == ("message", "tree")
+        assert receive() == (message, "tree")
         assert clock.sleeps == [BUSY_FLOOR_S, BUSY_FLOOR_S * 1.5]
         assert not waiter.wait(0)
         confirm(1, "abc")
@@ -310,3 +312,41 @@ def test_a_stalled_reply_does_not_cost_the_phase_the_others():
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
     assert inner.pulls == 2
     assert all(limit is not None for limit in inner.limits)  # every pull's objects have a give-up time
+
+
+class _Msg:
+    def __init__(self, reply_to: str) -> None:
+        self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
+
+
+def test_a_stale_reply_does_not_take_the_place_of_the_awaited_one():
+    """After a coordinator restart the SuperNode's state can hold a reply to a message of
+    the stopped run; the push that sends it is made again for the awaited reply, instead
+    of leaving that reply until the run's next message (after the round timed out)."""
+    from fedmed.client.fleet_polling import ReplyTracker
+
+    ready = [["old-instruction"], ["new-instruction"]]  # what each push finds in the state
+    sent = []
+
+    def push(state, object_store, send, push_object):  # as Flower's: send what is there
+        for reply_to in ready.pop(0):
+            try:
+                send(_Msg(reply_to))
+            except RuntimeError:  # Flower logs a failed or stopped-run send and goes on
+                pass
+
+    def send(message):
+        sent.append(message.metadata.reply_to_message_id)
+        if message.metadata.reply_to_message_id == "old-instruction":
+            raise RuntimeError("run not running")
+
+    tracker = ReplyTracker()
+    tracker.took("new-instruction")
+    tracker.push_until_answered(push)(None, None, send, None)
+    assert sent == ["old-instruction", "new-instruction"] and not ready
+
+    # The usual case: one push, the awaited reply.
+    ready[:] = [["next"], ["never pushed"]]
+    tracker.took("next")
+    tracker.push_until_answered(push)(None, None, send, None)
+    assert sent[-1] == "next" and ready == [["never pushed"]]
