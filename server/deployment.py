@@ -21,8 +21,6 @@ after its last completed round.
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import json
 import os
 import shutil
@@ -106,10 +104,18 @@ def _flwr(args: list[str], home: Path, timeout: float = 120) -> subprocess.Compl
                           env=flower_env({"FLWR_HOME": str(home)}), timeout=timeout)
 
 
-def _app_hash(app_dir: Path) -> str:
-    from flwr.cli.build import build_fab_from_disk
+def _start_app_hash(app_dir: Path) -> subprocess.Popen:
+    """Hash the app bundle in a short-lived child (`fedmed.common.app_bundle`): building
+    it loads much of Flower, which this launcher, alive for the whole run, does without."""
+    return subprocess.Popen([sys.executable, "-m", "fedmed.common.app_bundle", str(app_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+
+def _app_hash(hashing: subprocess.Popen) -> str:
+    out, err = hashing.communicate(timeout=120)
+    if hashing.returncode != 0:
+        raise DeploymentError(f"hashing the app bundle failed (exit {hashing.returncode}): {err.strip()[-500:]}")
+    return out.strip()
 
 
 def _submit(out_dir: Path, home: Path, app_dir: Path) -> str:
@@ -285,9 +291,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     # The app bundle and its hash (for the audit log) do not need the SuperLink: the hash,
     # whose Flower import takes a second or two, is worked out while the SuperLink starts.
     app_dir = options.app_dir or write_app_dir(out_dir / ".app")
-    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-hash")
-    app_hash_soon = hashing.submit(_app_hash, app_dir)
-    hashing.shutdown(wait=False)
+    hashing = _start_app_hash(app_dir)
     # Round 1's weights need torch (the model is built once), which neither this launcher
     # nor the ServerApp imports: a short-lived child works them out while the SuperLink
     # starts, and the ServerApp reads its file.
@@ -342,7 +346,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         })
         preparing.wait()  # a failure is reported by the ServerApp, which then tries again itself
         run_id = _submit(out_dir, home, app_dir)
-        app_hash = app_hash_soon.result()
+        app_hash = _app_hash(hashing)
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
                      address=f"{host}:{port}", tls=not options.insecure, sites=sorted(sites.values()),
                      rounds=config.rounds, resumed_after_round=resume_from or None)
@@ -370,6 +374,9 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             if preparing.poll() is None:
                 preparing.kill()
                 preparing.wait()
+            if hashing.poll() is None:
+                hashing.kill()
+            hashing.communicate()
             stop_all(children)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)

@@ -1,6 +1,8 @@
 """Processes that neither train nor aggregate do not import torch: `fedmed --help`, the
 `fedmed client` and `fedmed server start` launchers, the SuperNode launcher. torch costs
-seconds of start-up and hundreds of MB in every process that imports it. A site's executor,
+seconds of start-up and hundreds of MB in every process that imports it. The launchers,
+which supervise a site or the coordinator for the whole run, hold neither Flower nor
+pydicom: their checks run in short-lived children. A site's executor,
 which trains, does so without torch's compiler (`torch._dynamo`, about 100 MB: what
 `torch.optim` and torchvision load) and, with DP off, without Opacus."""
 
@@ -14,14 +16,15 @@ import pytest
 PROBE = """
 import sys
 {body}
-heavy = sorted(m for m in ("torch", "torchvision", "opacus", "matplotlib", "torch._dynamo") if m in sys.modules)
+heavy = sorted(m for m in {names} if m in sys.modules)
 print(",".join(heavy))
 """
+HEAVY = ("torch", "torchvision", "opacus", "matplotlib", "torch._dynamo")
 
 
-def _heavy_modules(body: str) -> str:
-    done = subprocess.run([sys.executable, "-c", PROBE.format(body=body)], capture_output=True, text=True,
-                          timeout=120)
+def _heavy_modules(body: str, names: tuple[str, ...] = HEAVY) -> str:
+    done = subprocess.run([sys.executable, "-c", PROBE.format(body=body, names=names)], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
@@ -39,6 +42,19 @@ def test_fedmed_help_imports_no_torch():
                                     "fedmed.client.fleet_polling", "fedmed.client.task_signal"])
 def test_launchers_import_no_torch(module):
     assert _heavy_modules(f"import {module}") == ""
+
+
+def test_launchers_leave_flower_and_pydicom_to_their_children(synthetic_sites):
+    """`fedmed client` runs its data check in a child (`preflight_in_child`), `fedmed server
+    start` hashes the app bundle in one (`fedmed.common.app_bundle`) and reads the run
+    folder without Flower's modules."""
+    body = ("from pathlib import Path\n"
+            "import fedmed.cli.main, fedmed.server.deployment, fedmed.server.strategy.update_checks\n"
+            "from fedmed.client.supernode import ClientOptions, preflight_in_child\n"
+            f"options = ClientOptions(site='A', data_dir=Path({str(synthetic_sites / 'A')!r}), server='')\n"
+            "line = preflight_in_child(options, ('normal', 'abnormal'))\n"
+            "assert 'labelled image(s) ready' in line, line\n")
+    assert _heavy_modules(body, HEAVY + ("flwr", "pydicom")) == ""
 
 
 def test_server_app_imports_no_torch():
