@@ -566,6 +566,7 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         "Largest single process of each kind in the deployment (PSS MiB): "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])) + ".",
         "",
+        *_memory_by_process(dep["memory"]),
         f"Requests per site: {_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per "
         f"round while a run is active ({_num(section.get('busy_requests_per_site_s'), 1)} per second of "
         "round" + (f"; by call: {by_call}" if by_call else "") + "), "
@@ -592,26 +593,21 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
                   f"{_num(startup['round1_s'], 1)}.{cpu_line}", ""]
     before, after = section.get("before"), section.get("after_same_sitting")
     if before and after:
-        def pair(key: str, digits: int, calls: bool = False) -> str:
-            if calls:
-                return (f"{_num(before['calls_per_site_round'].get(key), digits)} → "
-                        f"{_num(after['calls_per_site_round'].get(key), digits)}")
-            return f"{_num(before[key], digits)} → {_num(after[key], digits)}"
+        def at_peak(run: dict[str, Any], kind: str) -> str:
+            values = run["at_peak_pss_mib"].get(kind) or []
+            return "–".join(f"{v:.0f}" for v in (sorted({min(values), max(values)}) if values else [])) or "0"
 
+        compared = sorted(set(before["at_peak_pss_mib"]) | set(after["at_peak_pss_mib"]),
+                          key=lambda k: -sum(before["at_peak_pss_mib"].get(k) or [0]))
         lines += [
             f"Against {before['what']}, the same benchmark run in one sitting: the earlier code at "
             f"{before['measured_utc']} UTC (load average {_num(before['load'].get('start'), 1)}–"
             f"{_num(before['load'].get('end'), 1)}), this code at {after['measured_utc']} UTC (load average "
             f"{_num(after['load'].get('start'), 1)}–{_num(after['load'].get('end'), 1)}). Peak PSS "
-            f"{pair('pss_mib', 0)} MiB (the ServerApp {pair('serverapp_pss_mib', 0)} MiB); Fleet API requests per "
-            f"site per round {pair('busy_requests_per_site_round', 1)} (pull-messages "
-            f"{pair('pull-messages', 1, True)}, pull-object {pair('pull-object', 1, True)}, push-object "
-            f"{pair('push-object', 1, True)}); the SuperLink's CPU per round {pair('superlink_cpu_per_round_s', 2)} s; "
-            f"the deployment's CPU per round {_num(before['cpu_per_round_s'].get('deployment'), 2)} → "
-            f"{_num(after['cpu_per_round_s'].get('deployment'), 2)} s; round gap {pair('round_gap_s', 2)} s; round 1's "
-            f"first message at {pair('first_message_s', 1)} s, its end at {pair('round1_s', 1)} s. At that load "
-            "wall and CPU times move by a second or more from run to run, so the memory and the request counts "
-            "are the clear differences. The figures above are from a later run of this code at a lower load.", ""]
+            f"{_num(before['pss_mib'], 0)} → {_num(after['pss_mib'], 0)} MiB; at the peak, each process of a kind "
+            "(MiB, the range over the sites' processes): "
+            + "; ".join(f"{k} {at_peak(before, k)} → {at_peak(after, k)}" for k in compared)
+            + ". The figures above are from the run of this code.", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
@@ -655,21 +651,72 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         def kind(name: str) -> str:
             return _num(kinds.get(name), 0)
         reasons.append(
-            f"memory: only the three sites' executors hold torch (up to {kind('fedmed.client.app_executor')} MiB "
-            f"each); the ServerApp ({kind('flwr-serverapp')} MiB) aggregates numpy arrays and writes torch-format "
-            "checkpoints without torch, and the short-lived child that builds round 1's model "
-            f"({kind('fedmed.server.starting_point')} MiB) has exited before the sites train. In an executor, "
-            "`import torch` alone leaves about 290 MiB of private memory; on top of that, measured by importing "
-            "them into one process, torch's optimizer step imports `torch._dynamo` (about 100 MiB with sympy) in "
-            "every process that trains, and the privacy round's DP-SGD module imports Opacus, torchvision and "
-            "SciPy (about 60 MiB) even at a site with DP off. Flower's own processes add the SuperLink "
-            f"({kind('flower-superlink')} MiB), its SuperExec ({kind('flower-superexec')} MiB) and a SuperNode "
-            f"per site ({kind('fedmed.client.fleet_polling')} MiB each, Flower's SuperNode imports SQLAlchemy, "
-            f"Alembic and FastAPI), and each `fedmed` launcher ({kind('fedmed')} MiB at most) holds Flower's or "
-            "pydicom's modules from its checks")
+            f"memory: {_num(f['pss_mib'], 0)} MiB at the peak (what each process holds is above). Three sites' "
+            "executors are most of it, and in each `import torch` alone leaves about 270 MiB of private memory "
+            "on this machine's CUDA build of torch, 81 MiB of it cuBLASLt's static tables, loaded with torch even "
+            "where no GPU is used (a site without a GPU could install torch's CPU build); Flower's own processes "
+            f"are the rest: the SuperLink ({kind('flower-superlink')} MiB), its SuperExec "
+            f"({kind('flower-superexec')} MiB), the ServerApp ({kind('flwr-serverapp')} MiB) and a SuperNode per "
+            f"site ({kind('fedmed.client.fleet_polling')} MiB each), each importing Flower's HTTP stack and "
+            "SQLAlchemy. The largest lever left is the SuperExec, which only starts the ServerApp: a fedmed "
+            "executor on the coordinator that runs the ServerApp in its own process, as the sites' executors "
+            "run the ClientApp, would remove one such process")
     if reasons:
         lines += ["Missed targets, as measured: " + "; ".join(reasons) + ".", ""]
     return lines
+
+
+# What each process of a deployment holds in memory and why it exists, for the memory
+# paragraph: (kind, count per deployment, words).
+_PROCESS_MEMORY = (
+    ("fedmed.client.app_executor", "one per site",
+     "the site's executor: it takes the SuperNode's tasks and runs fedmed's installed ClientApp on them "
+     "(only for approved app bundles), so it holds torch, Flower's task client and the site's decoded "
+     "images between rounds. It trains with fedmed's own SGD and Adam (`client/optimizers.py`), so torch's "
+     "compiler (`torch._dynamo` and SymPy, which `torch.optim` loads on first use: about 80 MiB) is never "
+     "loaded; Opacus is loaded only at a site with DP on; freed buffers of 4 MiB and more go back to the "
+     "system at once. It is a process of its own so that the process that holds the site's data and model "
+     "never talks to the coordinator, and so that torch is imported once per site, not once per message"),
+    ("fedmed.client.fleet_polling", "one per site",
+     "the site's SuperNode (Flower's, started through fedmed's polling wrapper): the site's only "
+     "connection to the coordinator (TLS, the site's key); it holds Flower with its HTTP stack, FastAPI "
+     "and SQLAlchemy, which Flower's SuperNode imports, and no torch"),
+    ("flower-superlink", "one",
+     "the coordinator's SuperLink (Flower): the Fleet API for the sites and the ServerAppIo API for the "
+     "ServerApp, its state in SQLite for `--resume`"),
+    ("flwr-serverapp", "one, while a run is active",
+     "fedmed's ServerApp, started by Flower for the run: aggregates numpy arrays, checks the updates, "
+     "writes checkpoints; no torch"),
+    ("flower-superexec", "one",
+     "Flower's SuperExec, which the SuperLink starts to launch the ServerApp of each run"),
+    ("fedmed", "one per site and one for the coordinator",
+     "the launchers (`fedmed client`, `fedmed server start`): they start, supervise and stop the "
+     "processes above and follow the run folder, holding typer, cryptography and fedmed's light modules; "
+     "their checks run in short-lived children — the site's data check (pydicom) and the app bundle's hash "
+     "(Flower) — and the coordinator's draws the run's report (matplotlib) once the run has ended"),
+)
+_SHORT_LIVED = ("fedmed.server.starting_point (torch: builds round 1's model, then exits), flwr (`flwr run` "
+                "submits the run), fedmed.common.app_bundle (hashes the app bundle), fedmed.client.supernode "
+                "(the site's data check before it joins)")
+
+
+def _memory_by_process(memory: dict[str, Any]) -> list[str]:
+    """What each process holds and why it exists, with its PSS at the deployment's peak."""
+    at_peak = memory.get("at_peak_pss_mib")
+    if not at_peak:
+        return []
+    items = []
+    for name, count, words in _PROCESS_MEMORY:
+        values = at_peak.get(name) or []
+        size = ("not running at the peak" if not values else
+                f"{values[0]:.0f} MiB" if len(values) == 1 else
+                f"{min(values):.0f}–{max(values):.0f} MiB each, {sum(values):.0f} MiB together")
+        items.append(f"{name} ({count}; {size}): {words}")
+    known = {name for name, _, _ in _PROCESS_MEMORY}
+    others = [f"{k} {sum(v):.0f} MiB" for k, v in at_peak.items() if k not in known]
+    return ["Memory at the deployment's peak ({:.0f} MiB PSS), by process: ".format(memory["peak_pss_mib"])
+            + "; ".join(items) + ". Short-lived, and not at the peak unless named here"
+            + (f" ({', '.join(others)})" if others else "") + ": " + _SHORT_LIVED + ".", ""]
 
 
 # What each kind of process does during a deployed round, for the CPU table.
@@ -681,6 +728,8 @@ _PROCESS_ROLE = {
     "flower-superexec": "asks the SuperLink for ServerApp tasks",
     "fedmed": "the launchers: follow the run folder, supervise",
     "fedmed.server.starting_point": "builds round 1's model once, at launch (short-lived)",
+    "fedmed.common.app_bundle": "hashes the app bundle for the audit log, at launch (short-lived)",
+    "fedmed.client.supernode": "the site's data check before it joins (short-lived)",
 }
 
 
