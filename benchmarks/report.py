@@ -639,7 +639,7 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     if not met["round1_s"]:
         reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch "
                        "(timeline above): the coordinator's chain is sequential — the SuperLink starts and "
-                       "listens, `flwr run` submits the run, Flower's SuperExec starts the ServerApp — and each "
+                       "listens, `flwr run` submits the run, the coordinator's executor starts the ServerApp — and each "
                        "of these is a Python process importing Flower, while the three sites' executors import "
                        "torch and their SuperNodes import Flower on the same cores; then every site decodes its "
                        "images. The ServerApp no longer imports torch or builds the model: a child process that "
@@ -654,16 +654,13 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
             f"memory: {_num(f['pss_mib'], 0)} MiB at the peak (what each process holds is above). Three sites' "
             "executors are most of it, and in each `import torch` alone leaves about 270 MiB of private memory "
             "on this machine's CUDA build of torch, 81 MiB of it cuBLASLt's static tables, loaded with torch even "
-            "where no GPU is used (a site without a GPU could install torch's CPU build); Flower's own processes "
-            f"are the rest: the SuperLink ({kind('flower-superlink')} MiB), its SuperExec "
-            f"({kind('flower-superexec')} MiB), the ServerApp ({kind('flwr-serverapp')} MiB) and a SuperNode per "
-            f"site ({kind('fedmed.client.fleet_polling')} MiB each), each importing Flower's HTTP stack and "
+            "where no GPU is used (a site without a GPU could install torch's CPU build); Flower's code is most "
+            f"of the rest: the SuperLink ({kind('flower-superlink')} MiB), a SuperNode per site "
+            f"({kind('fedmed.client.fleet_polling')} MiB each) and the ServerApp's runtime in the coordinator's "
+            f"executor ({kind('fedmed.server.app_executor')} MiB), each importing Flower's HTTP stack and "
             "SQLAlchemy. Levers left, as measured: torch's CPU build at a site without a GPU (cuBLASLt alone is "
-            "81 MiB per executor); the SuperExec, which only starts the ServerApp: a fedmed executor on the "
-            "coordinator that runs the ServerApp in its own process, as the sites' executors run the ClientApp, "
-            "would remove one process of about 90 MiB; and the site's data loading, whose DICOM scan and decode "
-            "keep pydicom (about 12 MiB) in each executor, could move to a short-lived child that fills the "
-            "image cache")
+            "81 MiB per executor); the site's data loading, whose DICOM scan and decode keep pydicom (about "
+            "12 MiB) in each executor, could move to a short-lived child that fills the image cache")
     if reasons:
         lines += ["Missed targets, as measured: " + "; ".join(reasons) + ".", ""]
     return lines
@@ -688,11 +685,11 @@ _PROCESS_MEMORY = (
     ("flower-superlink", "one",
      "the coordinator's SuperLink (Flower): the Fleet API for the sites and the ServerAppIo API for the "
      "ServerApp, its state in SQLite for `--resume`"),
-    ("flwr-serverapp", "one, while a run is active",
-     "fedmed's ServerApp, started by Flower for the run: aggregates numpy arrays, checks the updates, "
-     "writes checkpoints; no torch"),
-    ("flower-superexec", "one",
-     "Flower's SuperExec, which the SuperLink starts to launch the ServerApp of each run"),
+    ("fedmed.server.app_executor", "one",
+     "the coordinator's executor: it takes the run's ServerApp task from the SuperLink and runs fedmed's "
+     "ServerApp in its own process with Flower's ServerApp runner (`server/app_executor.py`) — aggregates "
+     "numpy arrays, checks the updates, writes checkpoints; Flower's runtime, no torch. It replaces Flower's "
+     "SuperExec and the `flwr-serverapp` process that one starts for each run (about 90 and 130 MiB)"),
     ("fedmed", "one per site and one for the coordinator",
      "the launchers (`fedmed client`, `fedmed server start`): they start, supervise and stop the "
      "processes above and follow the run folder, holding typer, cryptography and fedmed's light modules; "
@@ -730,6 +727,7 @@ _PROCESS_ROLE = {
     "fedmed.client.fleet_polling": "the sites' SuperNodes: poll, pull and push the messages' objects",
     "flwr-serverapp": "aggregates, checks updates, writes checkpoints and metrics",
     "flower-superexec": "asks the SuperLink for ServerApp tasks",
+    "fedmed.server.app_executor": "the ServerApp: aggregates, checks updates, writes checkpoints and metrics",
     "fedmed": "the launchers: follow the run folder, supervise",
     "fedmed.server.starting_point": "builds round 1's model once, at launch (short-lived)",
     "fedmed.common.app_bundle": "hashes the app bundle for the audit log, at launch (short-lived)",

@@ -49,7 +49,6 @@ from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SUPEREXEC_POLL_S = "0.25"
 
 
 class DeploymentError(RuntimeError):
@@ -102,6 +101,13 @@ def _flwr_home(out_dir: Path, superlink: str, ca_cert: Path | None) -> Path:
 def _flwr(args: list[str], home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([executable("flwr"), *args], capture_output=True, text=True,
                           env=flower_env({"FLWR_HOME": str(home)}), timeout=timeout)
+
+
+def _serverapp_executor_cmd(runtime_address: str, material) -> list[str]:
+    """fedmed's executor for the run's ServerApp (`server/app_executor.py`)."""
+    cmd = [sys.executable, "-m", "fedmed.server.app_executor", "--runtime-api-address", runtime_address,
+           "--parent-pid", str(os.getpid())]
+    return cmd + (["--root-certificates", str(material.ca_cert.resolve())] if material is not None else [])
 
 
 def _start_app_hash(app_dir: Path) -> subprocess.Popen:
@@ -169,7 +175,8 @@ def _follow(out_dir: Path, watched: list[Child], deadline: float,
             return status
         for child in watched:
             if not child.running():
-                return {"status": "failed", "reason": str(ChildExited(child))}
+                # The ServerApp's executor ends when the run does, just after writing status.json.
+                return read_status(out_dir) or {"status": "failed", "reason": str(ChildExited(child))}
         if time.monotonic() > deadline:
             return {"status": "failed", "reason": "the run did not finish in time "
                     "(rounds × round timeout); raise --round-timeout or check the sites"}
@@ -275,13 +282,14 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     audit = AuditLog(out_dir)
 
     home = out_dir / ".flwr"
-    # The SuperLink's executor looks for the run's ServerApp task every second by default;
-    # Flower lets this be set (0.01–60 s). It only asks the SuperLink on loopback.
-    env = flower_env({"FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
+    env = flower_env({"FLWR_HOME": str(home)})
     superlink_log, proxy_log = out_dir / "superlink.log", out_dir / "proxy.log"
 
     def superlink_cmd(link_host: str, link_port: int) -> list[str]:
+        # `--isolation process`: the SuperLink starts no SuperExec; fedmed's executor runs
+        # the ServerApp (`server/app_executor.py`).
         cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
+               "--isolation", "process",
                "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
         if material is None:
             return cmd + ["--insecure"]
@@ -316,7 +324,12 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             children.append(superlink)
         if options.insecure:
             port = link_port
-        _flwr_home(out_dir, f"{connectable_host(link_host)}:{link_port}", material.ca_cert if material else None)
+        runtime_address = f"{connectable_host(link_host)}:{link_port}"
+        # The run's ServerApp, once submitted, runs in this child (its output in the
+        # SuperLink's log, where Flower's own ServerApp process would have written it).
+        children.append(Child("ServerApp executor", _serverapp_executor_cmd(runtime_address, material), env,
+                              log=superlink_log))
+        _flwr_home(out_dir, runtime_address, material.ca_cert if material else None)
         # Enrol before the public port opens: a site that connects before its key is
         # registered is refused and gives up.
         sites = enroll(keys, out_dir, home, CONNECTION, audit) if keys else {}

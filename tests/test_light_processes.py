@@ -39,7 +39,8 @@ def test_fedmed_help_imports_no_torch():
 
 
 @pytest.mark.parametrize("module", ["fedmed.client.supernode", "fedmed.server.deployment",
-                                    "fedmed.client.fleet_polling", "fedmed.client.task_signal"])
+                                    "fedmed.client.fleet_polling", "fedmed.client.task_signal",
+                                    "fedmed.server.app_executor"])
 def test_launchers_import_no_torch(module):
     assert _heavy_modules(f"import {module}") == ""
 
