@@ -595,7 +595,7 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     if before and after:
         def at_peak(run: dict[str, Any], kind: str) -> str:
             values = run["at_peak_pss_mib"].get(kind) or []
-            return "–".join(f"{v:.0f}" for v in (sorted({min(values), max(values)}) if values else [])) or "0"
+            return "–".join(f"{v:.0f}" for v in (sorted({min(values), max(values)}) if values else [])) or "none"
 
         compared = sorted(set(before["at_peak_pss_mib"]) | set(after["at_peak_pss_mib"]),
                           key=lambda k: -sum(before["at_peak_pss_mib"].get(k) or [0]))
