@@ -7,8 +7,9 @@ The coordinator's machine runs, by default (TLS):
 - fedmed's proxy (`server/proxy.py`) on the public `--address`: TLS with the
   coordinator's certificate, Fleet API calls passed to the SuperLink, everything else
   (run submission, stopping, enrolment) refused — those stay on loopback;
-- the ServerApp the SuperLink starts for the run (`server/app.py`), which writes the run
-  folder;
+- the run's ServerApp (`server/app.py`), which writes the run folder, run by fedmed's
+  coordinator executor (`server/app_executor.py`) once the run is submitted: the SuperLink
+  runs with `--isolation process` and starts no process of its own;
 - this function, which enrolls the sites' keys, submits the run, prints a table row as
   each round lands in `metrics.jsonl`, turns the run's `status.json` into an exit code
   (Flower itself reports a run whose sites all failed as completed), and writes run
