@@ -706,7 +706,10 @@ def _memory_by_process(memory: dict[str, Any]) -> list[str]:
     at_peak = memory.get("at_peak_pss_mib")
     if not at_peak:
         return []
-    lines = [f"Memory at the deployment's peak ({memory['peak_pss_mib']:.0f} MiB PSS), by process:", ""]
+    lines = [f"Memory at the deployment's peak ({memory['peak_pss_mib']:.0f} MiB PSS), by process. Every process "
+             "the launchers start runs with one glibc malloc arena (`MALLOC_ARENA_MAX=1`, `common/processes.py`): "
+             "by default each thread that allocates gets an arena of its own, whose freed memory stays resident.",
+             ""]
     for name, count, words in _PROCESS_MEMORY:
         values = at_peak.get(name) or []
         size = ("not running at the peak" if not values else

@@ -127,3 +127,14 @@ def test_training_round_leaves_out_the_compiler(cases, expected):
     trains `cnn` therefore never loads it, and with DP off it never loads Opacus: a torch,
     Opacus or torchvision upgrade that changes this fails here."""
     assert _heavy_modules(ROUNDS.format(cases=cases)) == expected
+
+
+def test_fedmeds_processes_get_one_malloc_arena(monkeypatch):
+    """Every process the launchers start (SuperLink, SuperNode, executors) runs with one
+    glibc malloc arena unless the operator set otherwise (`flower_env`)."""
+    from fedmed.common.processes import flower_env
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert flower_env()["MALLOC_ARENA_MAX"] == "1"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert flower_env()["MALLOC_ARENA_MAX"] == "4"
