@@ -118,7 +118,8 @@ class TreeMemory:
                 continue
             rss += r * 1024
             kind = self.kind_by_pid.get(pid) or process_kind(pid)
-            self.kind_by_pid[pid] = kind
+            if kind not in ("?", "gone"):  # a process caught mid-exec is named at the next sample
+                self.kind_by_pid[pid] = kind
             self.per_kind_peak_rss[kind] = max(self.per_kind_peak_rss.get(kind, 0), r * 1024)
             try:
                 fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
