@@ -607,7 +607,11 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
             f"{_num(before['pss_mib'], 0)} → {_num(after['pss_mib'], 0)} MiB; at the peak, each process of a kind "
             "(MiB, the range over the sites' processes): "
             + "; ".join(f"{k} {at_peak(before, k)} → {at_peak(after, k)}" for k in compared)
-            + ". The figures above are from the run of this code.", ""]
+            + ". The figures above are from the run of this code"
+            + (f"; other runs of this code's deployment the same day peaked at "
+               + ", ".join(f"{v:.0f}" for v in section["other_runs_pss_mib"]) + " MiB: the peak moves by tens of "
+               "MiB from run to run (which processes are mid-round when it is sampled, how pages are shared)"
+               if section.get("other_runs_pss_mib") else "") + ".", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
