@@ -655,7 +655,10 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         def kind(name: str) -> str:
             return _num(kinds.get(name), 0)
         reasons.append(
-            f"memory: {_num(f['pss_mib'], 0)} MiB at the peak (what each process holds is above). Three sites' "
+            f"memory: {_num(f['pss_mib'], 0)} MiB at the peak, {_num(f['pss_mib'] - t['pss_mib'], 0)} MiB over "
+            "2.0 GB" + (f" (other runs of this code: {min(section['other_runs_pss_mib']):.0f}–"
+                        f"{max(section['other_runs_pss_mib']):.0f} MiB)" if section.get("other_runs_pss_mib") else "")
+            + "; what each process holds is above. Three sites' "
             "executors are most of it, and in each `import torch` alone leaves about 270 MiB of private memory "
             "on this machine's CUDA build of torch, 81 MiB of it cuBLASLt's static tables, loaded with torch even "
             "where no GPU is used (a site without a GPU could install torch's CPU build); Flower's code is most "
