@@ -10,7 +10,9 @@ executor never compiles anything, so these classes apply the same update rules w
 tensor operations and keep the compiler out of its memory. `tests/test_optimizers.py`
 checks that they match `torch.optim` step for step and that a site's training round, plain
 or DP-SGD, leaves `torch._dynamo` out of `sys.modules`; a torch upgrade that changes either
-fails there.
+fails there. Two DP paths still load the compiler, through `torch.func.grad`, which
+imports it: Opacus' `functorch` grad-sample mode, and the `dpcnn` model, whose
+weight-standardised convolutions Opacus handles with functorch in every mode.
 
 The update rules are torch's per-parameter ("for-loop") implementations with their
 defaults (no weight decay, dampening, Nesterov, AMSGrad or maximisation), so on the CPU
