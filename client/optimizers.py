@@ -1,16 +1,16 @@
 """The local optimisers a site trains with: SGD (with or without momentum) and Adam.
 
 Why not `torch.optim`: in torch 2.x every `torch.optim.Optimizer` imports `torch._dynamo`
-(the compiler, with SymPy: about 100 MB of private memory) the first time it is used --
+(the compiler, with SymPy: about 80 MiB of private memory, measured) the first time it is used --
 `add_param_group` (called by the constructor), `zero_grad`, `state_dict` and
 `load_state_dict` are wrapped in `torch._disable_dynamo`, which imports it on the first
 call, and `step` is wrapped in `_use_grad_for_differentiable`, which imports it on every
 call. The functional forms (`torch.optim._functional`) carry the same wrappers. A site's
 executor never compiles anything, so these classes apply the same update rules with plain
 tensor operations and keep the compiler out of its memory. `tests/test_optimizers.py`
-checks that they match `torch.optim` step for step and that a site's training round, plain
-or DP-SGD, leaves `torch._dynamo` out of `sys.modules`; a torch upgrade that changes either
-fails there. Two DP paths still load the compiler, through `torch.func.grad`, which
+checks that they match `torch.optim` step for step, and `tests/test_light_processes.py`
+that a site's training round, plain or DP-SGD, leaves `torch._dynamo` out of
+`sys.modules`; a torch upgrade that changes either fails there. Two DP paths still load the compiler, through `torch.func.grad`, which
 imports it: Opacus' `functorch` grad-sample mode, and the `dpcnn` model, whose
 weight-standardised convolutions Opacus handles with functorch in every mode.
 
