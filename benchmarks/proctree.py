@@ -92,6 +92,9 @@ class TreeMemory:
     peak_processes: int = 0
     per_kind_peak_rss: dict[str, int] = field(default_factory=dict)  # largest single process
     per_kind_peak_pss: dict[str, int] = field(default_factory=dict)
+    # Each process's PSS in the sample where the sum peaked, by kind: what the peak is made of
+    # (a kind's largest process above may have been larger at another time).
+    at_peak_pss: dict[str, list[int]] = field(default_factory=dict)
     samples: int = 0
     # CPU seconds (user + system) of every process seen, as last sampled: their sum is the
     # tree's CPU use so far (a process's last 0.5 s before it exits can be missed).
@@ -104,6 +107,7 @@ class TreeMemory:
 
     def sample(self) -> None:
         rss = pss = 0
+        by_kind: dict[str, list[int]] = {}
         pids = descendants(self.root)
         if not self.include_root:
             pids = [pid for pid in pids if pid != self.root]
@@ -114,7 +118,8 @@ class TreeMemory:
                 continue
             rss += r * 1024
             kind = self.kind_by_pid.get(pid) or process_kind(pid)
-            self.kind_by_pid[pid] = kind
+            if kind not in ("?", "gone"):  # a process caught mid-exec is named at the next sample
+                self.kind_by_pid[pid] = kind
             self.per_kind_peak_rss[kind] = max(self.per_kind_peak_rss.get(kind, 0), r * 1024)
             try:
                 fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
@@ -124,8 +129,11 @@ class TreeMemory:
             p = (_kib_field(base / "smaps_rollup", "Pss") or r) * 1024
             pss += p
             self.per_kind_peak_pss[kind] = max(self.per_kind_peak_pss.get(kind, 0), p)
+            by_kind.setdefault(kind, []).append(p)
         self.peak_rss = max(self.peak_rss, rss)
-        self.peak_pss = max(self.peak_pss, pss)
+        if pss > self.peak_pss:
+            self.peak_pss = pss
+            self.at_peak_pss = by_kind
         self.peak_processes = max(self.peak_processes, len(pids))
         self.samples += 1
 
@@ -163,5 +171,7 @@ class TreeMemory:
             "peak_processes": self.peak_processes,
             "per_kind_peak_rss_mib": {k: round(v / MIB, 1) for k, v in sorted(self.per_kind_peak_rss.items())},
             "per_kind_peak_pss_mib": {k: round(v / MIB, 1) for k, v in sorted(self.per_kind_peak_pss.items())},
+            "at_peak_pss_mib": {k: sorted((round(v / MIB, 1) for v in vs), reverse=True)
+                                for k, vs in sorted(self.at_peak_pss.items())},
             "samples": self.samples,
         }

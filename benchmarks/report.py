@@ -566,6 +566,7 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         "Largest single process of each kind in the deployment (PSS MiB): "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])) + ".",
         "",
+        *_memory_by_process(dep["memory"]),
         f"Requests per site: {_num(section.get('busy_requests_per_site_round'), 0)} Fleet API requests per "
         f"round while a run is active ({_num(section.get('busy_requests_per_site_s'), 1)} per second of "
         "round" + (f"; by call: {by_call}" if by_call else "") + "), "
@@ -592,26 +593,25 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
                   f"{_num(startup['round1_s'], 1)}.{cpu_line}", ""]
     before, after = section.get("before"), section.get("after_same_sitting")
     if before and after:
-        def pair(key: str, digits: int, calls: bool = False) -> str:
-            if calls:
-                return (f"{_num(before['calls_per_site_round'].get(key), digits)} → "
-                        f"{_num(after['calls_per_site_round'].get(key), digits)}")
-            return f"{_num(before[key], digits)} → {_num(after[key], digits)}"
+        def at_peak(run: dict[str, Any], kind: str) -> str:
+            values = run["at_peak_pss_mib"].get(kind) or []
+            return "–".join(f"{v:.0f}" for v in (sorted({min(values), max(values)}) if values else [])) or "none"
 
+        compared = sorted(set(before["at_peak_pss_mib"]) | set(after["at_peak_pss_mib"]),
+                          key=lambda k: -sum(before["at_peak_pss_mib"].get(k) or [0]))
         lines += [
             f"Against {before['what']}, the same benchmark run in one sitting: the earlier code at "
             f"{before['measured_utc']} UTC (load average {_num(before['load'].get('start'), 1)}–"
             f"{_num(before['load'].get('end'), 1)}), this code at {after['measured_utc']} UTC (load average "
             f"{_num(after['load'].get('start'), 1)}–{_num(after['load'].get('end'), 1)}). Peak PSS "
-            f"{pair('pss_mib', 0)} MiB (the ServerApp {pair('serverapp_pss_mib', 0)} MiB); Fleet API requests per "
-            f"site per round {pair('busy_requests_per_site_round', 1)} (pull-messages "
-            f"{pair('pull-messages', 1, True)}, pull-object {pair('pull-object', 1, True)}, push-object "
-            f"{pair('push-object', 1, True)}); the SuperLink's CPU per round {pair('superlink_cpu_per_round_s', 2)} s; "
-            f"the deployment's CPU per round {_num(before['cpu_per_round_s'].get('deployment'), 2)} → "
-            f"{_num(after['cpu_per_round_s'].get('deployment'), 2)} s; round gap {pair('round_gap_s', 2)} s; round 1's "
-            f"first message at {pair('first_message_s', 1)} s, its end at {pair('round1_s', 1)} s. At that load "
-            "wall and CPU times move by a second or more from run to run, so the memory and the request counts "
-            "are the clear differences. The figures above are from a later run of this code at a lower load.", ""]
+            f"{_num(before['pss_mib'], 0)} → {_num(after['pss_mib'], 0)} MiB; at the peak, each process of a kind "
+            "(MiB, the range over the sites' processes): "
+            + "; ".join(f"{k} {at_peak(before, k)} → {at_peak(after, k)}" for k in compared)
+            + ". The figures above are from the run of this code"
+            + (f"; other runs of this code's deployment the same day peaked at "
+               + ", ".join(f"{v:.0f}" for v in section["other_runs_pss_mib"]) + " MiB: the peak moves by tens of "
+               "MiB from run to run (which processes are mid-round when it is sampled, how pages are shared)"
+               if section.get("other_runs_pss_mib") else "") + ".", ""]
     reasons = []
     if sim["status"] != "completed":
         reasons.append(f"the simulation did not complete in this sitting ({sim.get('reason') or sim['status']}), "
@@ -643,7 +643,7 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
     if not met["round1_s"]:
         reasons.append(f"start-up: round 1 of the deployment took {_num(dep['round1_s'], 1)} s from launch "
                        "(timeline above): the coordinator's chain is sequential — the SuperLink starts and "
-                       "listens, `flwr run` submits the run, Flower's SuperExec starts the ServerApp — and each "
+                       "listens, `flwr run` submits the run, the coordinator's executor starts the ServerApp — and each "
                        "of these is a Python process importing Flower, while the three sites' executors import "
                        "torch and their SuperNodes import Flower on the same cores; then every site decodes its "
                        "images. The ServerApp no longer imports torch or builds the model: a child process that "
@@ -655,21 +655,79 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         def kind(name: str) -> str:
             return _num(kinds.get(name), 0)
         reasons.append(
-            f"memory: only the three sites' executors hold torch (up to {kind('fedmed.client.app_executor')} MiB "
-            f"each); the ServerApp ({kind('flwr-serverapp')} MiB) aggregates numpy arrays and writes torch-format "
-            "checkpoints without torch, and the short-lived child that builds round 1's model "
-            f"({kind('fedmed.server.starting_point')} MiB) has exited before the sites train. In an executor, "
-            "`import torch` alone leaves about 290 MiB of private memory; on top of that, measured by importing "
-            "them into one process, torch's optimizer step imports `torch._dynamo` (about 100 MiB with sympy) in "
-            "every process that trains, and the privacy round's DP-SGD module imports Opacus, torchvision and "
-            "SciPy (about 60 MiB) even at a site with DP off. Flower's own processes add the SuperLink "
-            f"({kind('flower-superlink')} MiB), its SuperExec ({kind('flower-superexec')} MiB) and a SuperNode "
-            f"per site ({kind('fedmed.client.fleet_polling')} MiB each, Flower's SuperNode imports SQLAlchemy, "
-            f"Alembic and FastAPI), and each `fedmed` launcher ({kind('fedmed')} MiB at most) holds Flower's or "
-            "pydicom's modules from its checks")
+            f"memory: {_num(f['pss_mib'], 0)} MiB at the peak, {_num(f['pss_mib'] - t['pss_mib'], 0)} MiB over "
+            "2.0 GB" + (f" (other runs of this code: {min(section['other_runs_pss_mib']):.0f}–"
+                        f"{max(section['other_runs_pss_mib']):.0f} MiB)" if section.get("other_runs_pss_mib") else "")
+            + "; what each process holds is above. Three sites' "
+            "executors are most of it, and in each `import torch` alone leaves about 270 MiB of private memory "
+            "on this machine's CUDA build of torch, 81 MiB of it cuBLASLt's static tables, loaded with torch even "
+            "where no GPU is used (a site without a GPU could install torch's CPU build); Flower's code is most "
+            f"of the rest: the SuperLink ({kind('flower-superlink')} MiB), a SuperNode per site "
+            f"({kind('fedmed.client.fleet_polling')} MiB each) and the ServerApp's runtime in the coordinator's "
+            f"executor ({kind('fedmed.server.app_executor')} MiB), each importing Flower's HTTP stack and "
+            "SQLAlchemy. Levers left, as measured: torch's CPU build at a site without a GPU (cuBLASLt alone is "
+            "81 MiB per executor); the site's data loading, whose DICOM scan and decode keep pydicom (about "
+            "12 MiB) in each executor, could move to a short-lived child that fills the image cache")
     if reasons:
         lines += ["Missed targets, as measured: " + "; ".join(reasons) + ".", ""]
     return lines
+
+
+# What each process of a deployment holds in memory and why it exists, for the memory
+# paragraph: (kind, count per deployment, words).
+_PROCESS_MEMORY = (
+    ("fedmed.client.app_executor", "one per site",
+     "the site's executor: it takes the SuperNode's tasks and runs fedmed's installed ClientApp on them "
+     "(only for approved app bundles), so it holds torch, Flower's task client and the site's decoded "
+     "images between rounds. It trains with fedmed's own SGD and Adam (`client/optimizers.py`), so torch's "
+     "compiler (`torch._dynamo` and SymPy, which `torch.optim` loads on first use: about 80 MiB) is never "
+     "loaded; Opacus is loaded only at a site with DP on; freed buffers of 4 MiB and more go back to the "
+     "system at once. It is kept out of the SuperNode so that what the coordinator sends is checked (the "
+     "bundle's hash) before any code runs and a training failure cannot take the site's connection down, "
+     "and it serves every task of the run so that torch is imported once per site, not once per message"),
+    ("fedmed.client.fleet_polling", "one per site",
+     "the site's SuperNode (Flower's, started through fedmed's polling wrapper): the site's only "
+     "connection to the coordinator (TLS, the site's key); it holds Flower with its HTTP stack, FastAPI "
+     "and SQLAlchemy, which Flower's SuperNode imports, and no torch"),
+    ("flower-superlink", "one",
+     "the coordinator's SuperLink (Flower): the Fleet API for the sites and the ServerAppIo API for the "
+     "ServerApp, its state in SQLite for `--resume`"),
+    ("fedmed.server.app_executor", "one",
+     "the coordinator's executor: it takes the run's ServerApp task from the SuperLink and runs fedmed's "
+     "ServerApp in its own process with Flower's ServerApp runner (`server/app_executor.py`) — aggregates "
+     "numpy arrays, checks the updates, writes checkpoints; Flower's runtime, no torch. It replaces Flower's "
+     "SuperExec and the `flwr-serverapp` process that one starts for each run (about 90 and 130 MiB)"),
+    ("fedmed", "one per site and one for the coordinator",
+     "the launchers (`fedmed client`, `fedmed server start`): they start, supervise and stop the "
+     "processes above and follow the run folder, holding typer, cryptography and fedmed's light modules; "
+     "their checks run in short-lived children — the site's data check (pydicom) and the app bundle's hash "
+     "(Flower) — and the coordinator's draws the run's report (matplotlib) once the run has ended"),
+)
+_SHORT_LIVED = ("fedmed.server.starting_point (torch: builds round 1's model, then exits), flwr (`flwr run` "
+                "submits the run), fedmed.common.app_bundle (hashes the app bundle), fedmed.client.supernode "
+                "(the site's data check before it joins)")
+
+
+def _memory_by_process(memory: dict[str, Any]) -> list[str]:
+    """What each process holds and why it exists, with its PSS at the deployment's peak."""
+    at_peak = memory.get("at_peak_pss_mib")
+    if not at_peak:
+        return []
+    lines = [f"Memory at the deployment's peak ({memory['peak_pss_mib']:.0f} MiB PSS), by process. Every process "
+             "the launchers start runs with one glibc malloc arena (`MALLOC_ARENA_MAX=1`, `common/processes.py`): "
+             "by default each thread that allocates gets an arena of its own, whose freed memory stays resident.",
+             ""]
+    for name, count, words in _PROCESS_MEMORY:
+        values = at_peak.get(name) or []
+        size = ("not running at the peak" if not values else
+                f"{values[0]:.0f} MiB" if len(values) == 1 else
+                f"{min(values):.0f}–{max(values):.0f} MiB each, {sum(values):.0f} MiB together")
+        lines.append(f"- {name} ({count}; {size}): {words}.")
+    known = {name for name, _, _ in _PROCESS_MEMORY}
+    others = [f"{k} {sum(v):.0f} MiB" for k, v in at_peak.items() if k not in known]
+    lines.append("- short-lived, and not at the peak" + (f" (except {', '.join(others)})" if others else "")
+                 + ": " + _SHORT_LIVED + ".")
+    return lines + [""]
 
 
 # What each kind of process does during a deployed round, for the CPU table.
@@ -679,8 +737,11 @@ _PROCESS_ROLE = {
     "fedmed.client.fleet_polling": "the sites' SuperNodes: poll, pull and push the messages' objects",
     "flwr-serverapp": "aggregates, checks updates, writes checkpoints and metrics",
     "flower-superexec": "asks the SuperLink for ServerApp tasks",
+    "fedmed.server.app_executor": "the ServerApp: aggregates, checks updates, writes checkpoints and metrics",
     "fedmed": "the launchers: follow the run folder, supervise",
     "fedmed.server.starting_point": "builds round 1's model once, at launch (short-lived)",
+    "fedmed.common.app_bundle": "hashes the app bundle for the audit log, at launch (short-lived)",
+    "fedmed.client.supernode": "the site's data check before it joins (short-lived)",
 }
 
 
@@ -954,7 +1015,7 @@ def headline_markdown(results: dict[str, Any], link: bool = True) -> str:
         sp, met = h["speed"]["figures"], h["speed"]["met"]
         parts.append(
             f"Deployment against simulation, same task and sitting (load average "
-            f"{_num(h['speed']['load'].get('start'), 0)}–{_num(h['speed']['load'].get('end'), 0)} on this shared "
+            f"{_num(h['speed']['load'].get('start'), 1)}–{_num(h['speed']['load'].get('end'), 1)} on this shared "
             f"machine): a deployed round takes {_num(sp['round_gap_s'], 2)} s longer than a simulated one (target "
             f"≤ 1 s, {_verdict(met['round_gap_s'])})"
             + (f" and {_num(h['speed']['cpu']['deployment'], 2)} s of CPU against the simulation's "

@@ -21,8 +21,10 @@ to loopback only.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -165,6 +167,38 @@ def preflight(options: ClientOptions, classes: tuple[str, ...]) -> str:
     return line
 
 
+def preflight_in_child(options: ClientOptions, classes: tuple[str, ...]) -> str:
+    """`preflight` in a short-lived child process: the checks load pydicom and numpy, which
+    this launcher -- it supervises the SuperNode and the executor for as long as the site
+    runs -- then never holds. The same summary line, or the same ClientSetupError."""
+    request = {"site": options.site, "data_dir": str(options.data_dir), "classes": list(classes),
+               "state_dir": None if options.state_dir is None else str(options.state_dir)}
+    done = subprocess.run([sys.executable, "-m", "fedmed.client.supernode"], input=json.dumps(request),
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ClientSetupError(f"--data {options.data_dir}: the data check stopped (exit {done.returncode}, "
+                               f"see above); run `fedmed data check {options.data_dir}`") from None
+    if "error" in answer:
+        raise ClientSetupError(answer["error"])
+    return answer["line"]
+
+
+def _preflight_child() -> int:
+    """`python -m fedmed.client.supernode`: `preflight_in_child`'s child; the request as
+    JSON on stdin, the answer as one JSON line on stdout."""
+    request = json.loads(sys.stdin.read())
+    options = ClientOptions(site=request["site"], data_dir=Path(request["data_dir"]), server="",
+                            state_dir=None if request["state_dir"] is None else Path(request["state_dir"]))
+    try:
+        answer = {"line": preflight(options, tuple(request["classes"]))}
+    except ClientSetupError as exc:
+        answer = {"error": str(exc)}
+    print(json.dumps(answer), flush=True)
+    return 0
+
+
 def run_client(options: ClientOptions) -> int:
     """Join the federation and serve it until stopped; returns the exit code of whichever
     of the SuperNode and the executor ended first."""
@@ -206,7 +240,7 @@ def _run_locked(options: ClientOptions, state_dir: Path) -> int:
     rejoin_until = time.monotonic() + REJOIN_WINDOW if marker.exists() else 0.0
     marker.write_text(str(os.getpid()))
     try:
-        print(preflight(options, options.classes), flush=True)
+        print(preflight_in_child(options, options.classes), flush=True)
         if options.privacy.enabled:
             print(f"site {options.site}: differential privacy on, budget epsilon={options.privacy.epsilon:g} "
                   "for all runs on this data (the privacy ledger is in the state folder)", flush=True)
@@ -287,3 +321,7 @@ def _serve(options: ClientOptions, state_dir: Path, check: JoinCheck,
     finally:
         with signals_held():
             stop_all(children)
+
+
+if __name__ == "__main__":
+    sys.exit(_preflight_child())

@@ -12,6 +12,7 @@ machine of the federation that has the same Flower (and zlib) version.
 from __future__ import annotations
 
 import hashlib
+import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -63,3 +64,17 @@ def fab_hash(version: str | None = None) -> str:
 
     fab, _ = build_fab_from_files({"pyproject.toml": app_pyproject(version).encode()})
     return hashlib.sha256(fab).hexdigest()
+
+
+def bundle_hash(app_dir: Path) -> str:
+    """SHA-256 of the bundle `flwr run` builds from the folder `app_dir`."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(Path(app_dir))).hexdigest()
+
+
+if __name__ == "__main__":
+    # `python -m fedmed.common.app_bundle APP_DIR` prints `bundle_hash(APP_DIR)`: how
+    # `fedmed server start`, which supervises the run and stays free of Flower's modules,
+    # gets the hash for its audit log.
+    print(bundle_hash(Path(sys.argv[1])))

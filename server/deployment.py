@@ -7,8 +7,9 @@ The coordinator's machine runs, by default (TLS):
 - fedmed's proxy (`server/proxy.py`) on the public `--address`: TLS with the
   coordinator's certificate, Fleet API calls passed to the SuperLink, everything else
   (run submission, stopping, enrolment) refused — those stay on loopback;
-- the ServerApp the SuperLink starts for the run (`server/app.py`), which writes the run
-  folder;
+- the run's ServerApp (`server/app.py`), which writes the run folder, run by fedmed's
+  coordinator executor (`server/app_executor.py`) once the run is submitted: the SuperLink
+  runs with `--isolation process` and starts no process of its own;
 - this function, which enrolls the sites' keys, submits the run, prints a table row as
   each round lands in `metrics.jsonl`, turns the run's `status.json` into an exit code
   (Flower itself reports a run whose sites all failed as completed), and writes run
@@ -21,8 +22,6 @@ after its last completed round.
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import json
 import os
 import shutil
@@ -51,7 +50,6 @@ from fedmed.server.strategy.update_checks import UpdateLimits
 
 CONNECTION = "fedmed"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SUPEREXEC_POLL_S = "0.25"
 
 
 class DeploymentError(RuntimeError):
@@ -106,10 +104,25 @@ def _flwr(args: list[str], home: Path, timeout: float = 120) -> subprocess.Compl
                           env=flower_env({"FLWR_HOME": str(home)}), timeout=timeout)
 
 
-def _app_hash(app_dir: Path) -> str:
-    from flwr.cli.build import build_fab_from_disk
+def _serverapp_executor_cmd(runtime_address: str, material) -> list[str]:
+    """fedmed's executor for the run's ServerApp (`server/app_executor.py`)."""
+    cmd = [sys.executable, "-m", "fedmed.server.app_executor", "--runtime-api-address", runtime_address,
+           "--parent-pid", str(os.getpid())]
+    return cmd + (["--root-certificates", str(material.ca_cert.resolve())] if material is not None else [])
 
-    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+
+def _start_app_hash(app_dir: Path) -> subprocess.Popen:
+    """Hash the app bundle in a short-lived child (`fedmed.common.app_bundle`): building
+    it loads much of Flower, which this launcher, alive for the whole run, does without."""
+    return subprocess.Popen([sys.executable, "-m", "fedmed.common.app_bundle", str(app_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _app_hash(hashing: subprocess.Popen) -> str:
+    out, err = hashing.communicate(timeout=120)
+    if hashing.returncode != 0:
+        raise DeploymentError(f"hashing the app bundle failed (exit {hashing.returncode}): {err.strip()[-500:]}")
+    return out.strip()
 
 
 def _submit(out_dir: Path, home: Path, app_dir: Path) -> str:
@@ -163,7 +176,8 @@ def _follow(out_dir: Path, watched: list[Child], deadline: float,
             return status
         for child in watched:
             if not child.running():
-                return {"status": "failed", "reason": str(ChildExited(child))}
+                # The ServerApp's executor ends when the run does, just after writing status.json.
+                return read_status(out_dir) or {"status": "failed", "reason": str(ChildExited(child))}
         if time.monotonic() > deadline:
             return {"status": "failed", "reason": "the run did not finish in time "
                     "(rounds × round timeout); raise --round-timeout or check the sites"}
@@ -269,13 +283,14 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     audit = AuditLog(out_dir)
 
     home = out_dir / ".flwr"
-    # The SuperLink's executor looks for the run's ServerApp task every second by default;
-    # Flower lets this be set (0.01–60 s). It only asks the SuperLink on loopback.
-    env = flower_env({"FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
+    env = flower_env({"FLWR_HOME": str(home)})
     superlink_log, proxy_log = out_dir / "superlink.log", out_dir / "proxy.log"
 
     def superlink_cmd(link_host: str, link_port: int) -> list[str]:
+        # `--isolation process`: the SuperLink starts no SuperExec; fedmed's executor runs
+        # the ServerApp (`server/app_executor.py`).
         cmd = [executable("flower-superlink"), "--host", link_host, "--port", str(link_port),
+               "--isolation", "process",
                "--disable-runtime-dependency-installation", "--database", str(out_dir / "superlink.db")]
         if material is None:
             return cmd + ["--insecure"]
@@ -285,9 +300,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
     # The app bundle and its hash (for the audit log) do not need the SuperLink: the hash,
     # whose Flower import takes a second or two, is worked out while the SuperLink starts.
     app_dir = options.app_dir or write_app_dir(out_dir / ".app")
-    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-hash")
-    app_hash_soon = hashing.submit(_app_hash, app_dir)
-    hashing.shutdown(wait=False)
+    hashing = _start_app_hash(app_dir)
     # Round 1's weights need torch (the model is built once), which neither this launcher
     # nor the ServerApp imports: a short-lived child works them out while the SuperLink
     # starts, and the ServerApp reads its file.
@@ -312,7 +325,12 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             children.append(superlink)
         if options.insecure:
             port = link_port
-        _flwr_home(out_dir, f"{connectable_host(link_host)}:{link_port}", material.ca_cert if material else None)
+        runtime_address = f"{connectable_host(link_host)}:{link_port}"
+        # The run's ServerApp, once submitted, runs in this child (its output in the
+        # SuperLink's log, where Flower's own ServerApp process would have written it).
+        children.append(Child("ServerApp executor", _serverapp_executor_cmd(runtime_address, material), env,
+                              log=superlink_log))
+        _flwr_home(out_dir, runtime_address, material.ca_cert if material else None)
         # Enrol before the public port opens: a site that connects before its key is
         # registered is refused and gives up.
         sites = enroll(keys, out_dir, home, CONNECTION, audit) if keys else {}
@@ -342,7 +360,7 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
         })
         preparing.wait()  # a failure is reported by the ServerApp, which then tries again itself
         run_id = _submit(out_dir, home, app_dir)
-        app_hash = app_hash_soon.result()
+        app_hash = _app_hash(hashing)
         audit.record("run-started", by=current_user(), run_id=run_id, app_hash=app_hash,
                      address=f"{host}:{port}", tls=not options.insecure, sites=sorted(sites.values()),
                      rounds=config.rounds, resumed_after_round=resume_from or None)
@@ -370,6 +388,9 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
             if preparing.poll() is None:
                 preparing.kill()
                 preparing.wait()
+            if hashing.poll() is None:
+                hashing.kill()
+            hashing.communicate()
             stop_all(children)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)

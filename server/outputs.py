@@ -28,15 +28,19 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Mapping
-
-from flwr.app import ArrayRecord
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
 from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, threshold_pool_start
 from fedmed.common.operating_point import ARGMAX_RULE, SITES_RULE, threshold_from_round
-from fedmed.server.strategy.fedavg import SiteReply
+
+if TYPE_CHECKING:
+    # Flower and the strategy only for annotations: `fedmed server start`, which follows
+    # the run folder for the whole run, reads it without loading them.
+    from flwr.app import ArrayRecord
+
+    from fedmed.server.strategy.fedavg import SiteReply
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -4,8 +4,8 @@ learning rate on Poisson batches of 512, the same at every site for a round."""
 from __future__ import annotations
 
 import pytest
-import torch
 
+from fedmed.client.optimizers import SGD, Adam
 from fedmed.client.training import dp_round_lr, make_optimizer
 from fedmed.common.federation import FederationConfig
 from fedmed.common.models import build_model
@@ -30,10 +30,10 @@ def test_a_dp_site_trains_with_sgd_whatever_the_runs_optimizer():
     config = FederationConfig(optimizer="adam", lr=1e-3, dp_lr=0.5, rounds=4)
     model = build_model("dpcnn", 2, 16)
     dp = make_optimizer(model, config, dp=True, server_round=3)
-    assert isinstance(dp, torch.optim.SGD)
+    assert isinstance(dp, SGD)
     assert dp.defaults["momentum"] == config.dp_momentum and dp.defaults["lr"] == pytest.approx(dp_round_lr(config, 3))
     assert make_optimizer(model, config.with_(dp_momentum=0.9), dp=True).defaults["momentum"] == 0.9
-    assert isinstance(make_optimizer(model, config), torch.optim.Adam)
+    assert isinstance(make_optimizer(model, config), Adam)
 
 
 def test_two_rounds_of_the_recipe_through_the_client_app_spend_what_pld_computes(tmp_path):

@@ -31,6 +31,7 @@ accountant only because its API requires one; nothing reads it across rounds.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.models import ResNet
 
 from fedmed.client.augmentation import AugmentSettings, augment, average_views, repeat_views
 from fedmed.common.models import DPCNN, ScatterNet, SmallCNN
@@ -82,8 +82,18 @@ MEASURED_BEST_MODE: dict[tuple[str, str], str] = {
     ("resnet18", "cuda"): "hooks",
 }
 
-_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (DPCNN, "dpcnn"), (ScatterNet, "scatternet"),
-                                                 (ResNet, "resnet18"))
+_MODEL_CLASSES: tuple[tuple[type, str], ...] = ((SmallCNN, "cnn"), (DPCNN, "dpcnn"), (ScatterNet, "scatternet"))
+
+
+def _model_name(model: nn.Module) -> str | None:
+    """fedmed's name for `model`'s architecture, if it is one of fedmed's models."""
+    name = next((name for cls, name in _MODEL_CLASSES if isinstance(model, cls)), None)
+    # A ResNet can only have been built if torchvision is loaded; importing it just to ask
+    # would load the compiler (torchvision's import loads `torch._dynamo`).
+    resnet = sys.modules.get("torchvision.models.resnet")
+    if name is None and resnet is not None and isinstance(model, resnet.ResNet):
+        name = "resnet18"
+    return name
 
 from .accounting import ACCOUNTANT  # noqa: E402 -- handed to Opacus' engine; see module docstring
 
@@ -257,7 +267,7 @@ def make_private_training(
 
 def _default_mode(model: nn.Module, model_name: str | None) -> str:
     if model_name is None:
-        model_name = next((name for cls, name in _MODEL_CLASSES if isinstance(model, cls)), None)
+        model_name = _model_name(model)
     device_type = next(model.parameters()).device.type
     if model_name is None or (model_name, device_type) not in MEASURED_BEST_MODE:
         return "hooks"

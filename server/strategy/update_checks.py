@@ -14,12 +14,14 @@ mean) would narrow that; it is out of scope here, see docs/security.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord
 
 from fedmed.server.strategy.reply_checks import DEFAULT_MAX_EXAMPLE_RATIO
+
+if TYPE_CHECKING:  # Flower only for annotations: `fedmed server start` reads UpdateLimits without it
+    from flwr.app import ArrayRecord
 
 DEFAULT_MAX_UPDATE_RATIO = 50.0
 
