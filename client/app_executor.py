@@ -11,7 +11,9 @@ module the bundle names. This one, started next to the SuperNode by `fedmed clie
 3. if so, runs fedmed's installed ClientApp on the message; nothing from the bundle is
    imported or installed, so an approved hash is also the only code that can run;
 4. if not, replies "declined: app-not-approved" without touching the site's data or
-   model, and logs the refusal at the site with the bundle's hash.
+   model, and logs the refusal at the site with the bundle's hash. A task whose message
+   the SuperNode has not confirmed (the coordinator stopped while it was arriving) is
+   declined the same way ("message-not-confirmed", `client/confirmed_messages.py`).
 
 It does not poll for tasks: it sleeps until the SuperNode signals that one is waiting
 (`client/task_signal.py`), looking on its own only every `IDLE_CHECK_S` seconds in case
@@ -49,6 +51,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedmed.client.app_approval import AppApproval
+from fedmed.client.confirmed_messages import clear_stale, wait_for
 from fedmed.client.runtime_secret import read_runtime_secret
 from fedmed.client.task_signal import TaskSignal
 from fedmed.common.protocol import SITE_KEY, SiteStatus
@@ -94,8 +97,11 @@ def declined_reply(message: Message, site: str, reason: str) -> Message:
 _RUN_ONE_AT_A_TIME = threading.Lock()
 
 
-def run_task(address: str, token: str, approval: AppApproval, client_app) -> None:
-    """Pull one task's inputs, run (or decline) it, push the reply and the task's end."""
+def run_task(address: str, token: str, approval: AppApproval, client_app,
+             confirmed_in: Path | None = None) -> None:
+    """Pull one task's inputs, run (or decline) it, push the reply and the task's end.
+    With `confirmed_in` (the site's state folder) a task runs only once the SuperNode has
+    confirmed its message (`confirmed_messages`)."""
     client = _client(address, RuntimeTokenHttpInterceptor(token))
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
@@ -103,8 +109,13 @@ def run_task(address: str, token: str, approval: AppApproval, client_app) -> Non
     try:
         message, context, run, fab = pull_task_input(client)
         site = str(context.node_config.get("site", f"node-{context.node_id}"))
+        unconfirmed = confirmed_in is not None and not wait_for(confirmed_in, message.metadata.message_id)
+        if unconfirmed:
+            print(f"[fedmed site {site}] a task of run {run.run_id} was declined: its message was never "
+                  "confirmed to the coordinator (it stopped while the message arrived); nothing trained",
+                  flush=True)
         with _RUN_ONE_AT_A_TIME:
-            reason = approval.check(fab.content, fab.hash_str, run.run_id)
+            reason = "message-not-confirmed" if unconfirmed else approval.check(fab.content, fab.hash_str, run.run_id)
             if reason is None:
                 reply = client_app(message=message, context=context)
                 details = ""
@@ -138,6 +149,8 @@ def serve(address: str, approval: AppApproval, wake: Path | None = None, secret:
     from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
 
     signal = TaskSignal(wake) if wake is not None else None
+    if wake is not None:
+        clear_stale(wake.parent)
     signer = [SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK})] if secret else []
     acquirer = _client(address, *signer)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
@@ -147,7 +160,8 @@ def serve(address: str, approval: AppApproval, wake: Path | None = None, secret:
             # Each task in its own thread: a task whose inputs never arrive (the SuperNode
             # dropped the message of a run the coordinator stopped, e.g. after a restart)
             # waits out Flower's pull timeout there instead of blocking the next run.
-            threading.Thread(target=run_task, args=(address, response.token, approval, client_app),
+            threading.Thread(target=run_task, args=(address, response.token, approval, client_app,
+                                                    None if wake is None else wake.parent),
                              name=f"task-{response.task.task_id}", daemon=True).start()
         elif signal is not None:
             signal.wait(IDLE_CHECK_S)

@@ -30,7 +30,8 @@ which changes only how long it waits:
   connection's `pull_object`).
 - after the SuperNode has stored a message and created its task it confirms the message
   to the coordinator (`confirm_message_received`, the connection's last function); the
-  wrapper then wakes the site's executor through `task_signal`, so the task starts now
+  wrapper then marks the message confirmed (`confirmed_messages`: the executor runs only
+  those) and wakes the site's executor through `task_signal`, so the task starts now
   instead of at the executor's next poll.
 - the loop waits for the ClientApp's reply by checking its in-memory state every 0.5 s
   (`time.sleep(0.5)` in `_push_messages`). That wait never leaves the machine; it is
@@ -202,6 +203,7 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
     """Pace the SuperNode of this process (see the module docstring)."""
     from flwr.supernode import start_client_internal as loop
 
+    from fedmed.client.confirmed_messages import mark
     from fedmed.client.task_signal import notify
     from fedmed.common.object_pulls import quick_retry
 
@@ -227,9 +229,10 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
                 finally:
                     pacing.mark_activity()
 
-            def confirm_and_wake(*a, **kw):
-                confirm(*a, **kw)
+            def confirm_and_wake(run_id, message_id, *a, **kw):
+                confirm(run_id, message_id, *a, **kw)
                 if wake is not None:
+                    mark(wake.parent, message_id)  # the executor runs only confirmed messages
                     notify(wake)
 
             yield (node_id, paced_receive, send_reply, get_run, get_fab, quick_retry(pull_object),

@@ -112,9 +112,10 @@ def test_installed_connection_paces_receive_and_wakes_the_executor(monkeypatch, 
         assert receive() == (message, "tree")
         assert clock.sleeps == [BUSY_FLOOR_S, BUSY_FLOOR_S * 1.5]
         assert not waiter.wait(0)
-        confirm(1, "abc")
-    assert confirmed == [(1, "abc")]
+        confirm(1, "ab" * 32)
+    assert confirmed == [(1, "ab" * 32)]
     assert waiter.wait(0)
+    assert (tmp_path / "confirmed-messages" / ("ab" * 32)).exists()  # the executor may run its task
     # The reply wait (Flower sleeps 0.5 s) is short; other sleeps are Flower's own.
     assert loop.time.sleep is not None and loop.time.monotonic is not None
     waiter.close()
