@@ -105,11 +105,12 @@ def _criterion(variant: Variant, labels: np.ndarray) -> Callable[[torch.Tensor, 
 def _local_epoch(model: nn.Module, x: np.ndarray, y: np.ndarray, config: FederationConfig,
                  variant: Variant, seed: int, correction: dict[str, torch.Tensor] | None
                  ) -> tuple[int, dict[str, torch.Tensor]]:
-    """One local epoch; returns its number of steps and its mean raw gradient (SCAFFOLD's c_i)."""
+    """One local epoch; returns its number of steps and, for SCAFFOLD, its mean raw
+    gradient (the site's c_i; empty otherwise)."""
     optimizer = make_optimizer(model, config)
     criterion = _criterion(variant, y)
-    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mean_grad = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()} if variant.prox_mu else {}
+    mean_grad = {n: torch.zeros_like(p) for n, p in model.named_parameters()} if variant.scaffold else {}
     generator = torch.Generator().manual_seed(seed)
     augmentation = settings_for(config)
     steps = 0
@@ -121,7 +122,8 @@ def _local_epoch(model: nn.Module, x: np.ndarray, y: np.ndarray, config: Federat
         criterion(model(xb), yb).backward()
         with torch.no_grad():
             for name, p in model.named_parameters():
-                mean_grad[name] += p.grad
+                if variant.scaffold:
+                    mean_grad[name] += p.grad
                 if correction is not None:
                     p.grad += correction[name]
                 if variant.prox_mu:

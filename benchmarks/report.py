@@ -842,16 +842,23 @@ def _drift_label(key: str, settings: dict[str, Any]) -> str:
     return DRIFT_LABELS.get(key, key).format(**settings) if settings else DRIFT_LABELS.get(key, key)
 
 
+def _drift_aucs(section: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+    """The drift rows' test AUC by variant, and the best remedy's key (None without one):
+    the remedies are the variants other than the loop's references."""
+    by_key = {r["key"]: r["auc"] for r in section.get("rows", [])}
+    remedies = [k for k in by_key if k not in ("fedavg", "centralised", "iid")]
+    return by_key, max(remedies, key=by_key.get) if remedies else None
+
+
 def _drift_headline(section: dict[str, Any]) -> str:
     """One sentence on the plain-loop remedies (section 1b) for the headline; empty without them."""
-    by_key = {r["key"]: r["auc"] for r in section.get("rows", [])}
-    remedies = {k: v for k, v in by_key.items() if k not in ("fedavg", "centralised", "iid")}
-    if not remedies or "centralised" not in by_key:
+    by_key, best = _drift_aucs(section)
+    if best is None or "centralised" not in by_key:
         return ""
-    best = max(remedies, key=remedies.get)
-    return (f" Replayed in a plain loop (section 1b), {len(remedies)} remedies for client drift (reweighting, "
+    remedies = len(by_key) - len({"fedavg", "centralised", "iid"} & set(by_key))
+    return (f" Replayed in a plain loop (section 1b), {remedies} remedies for client drift (reweighting, "
             "FedNova, class-weighted and logit-adjusted losses, FedProx, SCAFFOLD, a server learning rate) "
-            f"reach at best {_num(remedies[best], 3)} ({_drift_label(best, section.get('settings', {}))}) "
+            f"reach at best {_num(by_key[best], 3)} ({_drift_label(best, section.get('settings', {}))}) "
             f"against {_num(by_key['centralised'], 3)} for the loop with every image at one site.")
 
 
@@ -884,20 +891,18 @@ def _drift(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
 
 def _drift_reading(section: dict[str, Any]) -> str:
     """What the drift rows say, in words."""
-    by_key = {r["key"]: r["auc"] for r in section.get("rows", [])}
+    by_key, best = _drift_aucs(section)
     if not {"fedavg", "centralised"} <= set(by_key):
         return ""
-    remedies = {k: v for k, v in by_key.items() if k not in ("fedavg", "centralised", "iid")}
     text = (f"The loop reproduces the gap: {_num(by_key['fedavg'], 3)} federated against "
             f"{_num(by_key['centralised'], 3)} with every image at one site")
     if "iid" in by_key:
         text += f", and {_num(by_key['iid'], 3)} when the same images are split at random"
     text += ": the label skew of the partition, more than federating as such, costs the AUC."
-    if remedies:
-        best = max(remedies, key=remedies.get)
-        closes = remedies[best] >= by_key["centralised"] - 0.01
+    if best is not None:
+        closes = by_key[best] >= by_key["centralised"] - 0.01
         text += (f" Of the remedies, the best is {_drift_label(best, section.get('settings', {}))} at "
-                 f"{_num(remedies[best], 3)}: " + ("it closes the gap." if closes else
+                 f"{_num(by_key[best], 3)}: " + ("it closes the gap." if closes else
                  "none closes the gap. One site holds most pneumonia images and almost no normal ones; "
                  "its local epoch can only learn that everything it sees is pneumonia, and what the "
                  "other sites learn about normal images is averaged against it. Reweighting, "
