@@ -86,7 +86,7 @@ class TrainResult:
 def train_local(
     model: nn.Module,
     loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
+    optimizer: LocalOptimizer | torch.optim.Optimizer,
     epochs: int,
     device: torch.device,
     on_batch: BatchCallback | None = None,

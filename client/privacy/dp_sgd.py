@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmed.client.augmentation import AugmentSettings, augment, average_views, repeat_views
+from fedmed.client.optimizers import LocalOptimizer
 from fedmed.common.models import DPCNN, ScatterNet, SmallCNN
 
 MODES = ("hooks", "functorch", "ew", "ghost")
@@ -195,7 +196,7 @@ class PrivateTraining:
 
 def make_private_training(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: LocalOptimizer | torch.optim.Optimizer,
     x: np.ndarray,
     y: np.ndarray,
     batch_size: int,
@@ -286,8 +287,8 @@ def _engine() -> PrivacyEngine:
 
 
 def _opacus_compatible(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model: nn.Module, optimizer: LocalOptimizer | torch.optim.Optimizer
+) -> tuple[nn.Module, LocalOptimizer | torch.optim.Optimizer]:
     """The model itself when Opacus accepts it, else `ModuleValidator.fix`'s copy.
 
     A fixed copy must keep the global model's state_dict keys and shapes, because the
