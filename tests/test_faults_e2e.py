@@ -25,15 +25,11 @@ from pathlib import Path
 import pytest
 
 from fedmed.server.audit import read_audit, verify_chain
+from fedmed.server.outputs import read_metrics
 from process_tree import kill_tree, start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
 from enrolled_federation import enrolled_federation  # noqa: E402 — tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.e2e
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites: Path, tmp_path: Path,
@@ -71,13 +67,13 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
         c_log = tmp_path / "client-C.log"
         assert wait_for(lambda: "Receiving: train message" in c_log.read_text(), 240), c_log.read_text()
         kill_tree(sites["C"])
-        assert wait_for(lambda: len(_rounds(run_dir)) >= 1, 300), (tmp_path / "server.log").read_text()
+        assert wait_for(lambda: len(read_metrics(run_dir)) >= 1, 300), (tmp_path / "server.log").read_text()
         sites["C"] = client("C", "client-C-restarted.log")
 
         # The coordinator dies after round 2, and is resumed.
-        assert wait_for(lambda: len(_rounds(run_dir)) >= 2, 300), (tmp_path / "server.log").read_text()
+        assert wait_for(lambda: len(read_metrics(run_dir)) >= 2, 300), (tmp_path / "server.log").read_text()
         kill_tree(server)
-        assert [r["round"] for r in _rounds(run_dir)] == [1, 2]
+        assert [r["round"] for r in read_metrics(run_dir)] == [1, 2]
         resumed, _ = start_coordinator(fedmed_cmd + ["server", "start", *secure, "--address",
                                                      f"127.0.0.1:{port}", "--resume", str(run_dir)],
                                        tmp_path / "server-resumed.log")
@@ -88,7 +84,7 @@ def test_a_killed_site_rejoins_and_a_killed_coordinator_resumes(synthetic_sites:
     assert code == 0, resumed_out + (run_dir / "superlink.log").read_text()[-3000:]
     assert "resuming after round 2 of 3" in resumed_out
 
-    rows = _rounds(run_dir)
+    rows = read_metrics(run_dir)
     assert [r["round"] for r in rows] == [1, 2, 3]
     # Round 1 went on without C; C trained again in a later round.
     assert rows[0]["sites"]["A"]["status"] == rows[0]["sites"]["B"]["status"] == "ok"

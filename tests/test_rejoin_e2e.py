@@ -8,12 +8,12 @@ in the same run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from fedmed.server.audit import read_audit
+from fedmed.server.outputs import read_metrics
 
 from process_tree import kill_tree, start, start_coordinator, stop, wait_for  # noqa: E402 — tests/ is on sys.path under pytest
 from enrolled_federation import enrolled_federation  # noqa: E402 — tests/ is on sys.path under pytest
@@ -22,8 +22,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _trained(run_dir: Path, site: str) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = read_metrics(run_dir)
     return [r["round"] for r in rows if (r["sites"].get(site) or {}).get("num_train_examples")]
 
 
