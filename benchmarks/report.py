@@ -607,7 +607,10 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
             f"{_num(before['pss_mib'], 0)} → {_num(after['pss_mib'], 0)} MiB; at the peak, each process of a kind "
             "(MiB, the range over the sites' processes): "
             + "; ".join(f"{k} {at_peak(before, k)} → {at_peak(after, k)}" for k in compared)
-            + ". The figures above are from the run of this code"
+            + (". The figures above are from the run of this code"
+               if after["measured_utc"] == section.get("measured_utc") else
+               f". The figures above are from a later run ({section.get('measured_utc', '?')} UTC), of code that "
+               "changed the message path since, not what the processes hold")
             + (f"; other runs of this code's deployment the same day peaked at "
                + ", ".join(f"{v:.0f}" for v in section["other_runs_pss_mib"]) + " MiB: the peak moves by tens of "
                "MiB from run to run (which processes are mid-round when it is sampled, how pages are shared)"
