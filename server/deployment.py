@@ -419,9 +419,10 @@ def _run(options: ServerOptions, out_dir: Path, config: FederationConfig, resume
 
 def _request_limit(out_dir: Path, config: FederationConfig, transfer: dict,
                    preparing: subprocess.Popen) -> int:
-    """The proxy's push-object limit for this run's model: its largest array on the wire,
-    chunked. Weights travel packed, one array per dtype (`fedmed.common.packed_arrays`).
+    """The proxy's push-object limit for this run's model: its largest object on the wire
+    (weights travel packed, inline or one array per dtype: `fedmed.common.packed_arrays`).
     The model's shapes come from the starting point's file, so this launcher needs no torch."""
+    from fedmed.common.packed_arrays import largest_object_bytes
     from fedmed.server.proxy import request_limit
 
     preparing.wait()
@@ -432,7 +433,7 @@ def _request_limit(out_dir: Path, config: FederationConfig, transfer: dict,
     packed: dict = {}
     for array in arrays.values():
         packed[array.dtype] = packed.get(array.dtype, 0) + array.nbytes
-    return request_limit(max(packed.values()))
+    return request_limit(largest_object_bytes(packed))
 
 
 def _is_main_thread() -> bool:

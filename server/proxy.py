@@ -81,13 +81,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
               "trailer", "upgrade", "host", "content-length"}
 
 
-def request_limit(largest_tensor_bytes: int) -> int:
-    """The push-object body limit for a model whose largest array on the wire has this many
-    bytes (weights travel packed: all of one dtype in one array): one array chunk and room
-    for its protobuf framing."""
+def request_limit(largest_object_bytes: int) -> int:
+    """The push-object body limit for a model whose largest object on the wire has this
+    many bytes of weights (`packed_arrays.largest_object_bytes`: at most one array chunk),
+    with room for its protobuf framing and the rest of its record."""
     from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
-    return max(SMALL_BODY, min(int(largest_tensor_bytes), FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE) + 256 * 1024)
+    return max(SMALL_BODY, min(int(largest_object_bytes), FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE) + 256 * 1024)
 
 
 def _key_sha256(header_value: bytes | None) -> str | None:

@@ -152,7 +152,8 @@ _ONE_ROUND = textwrap.dedent("""
     })
     msg = Message(content=content, dst_node_id=1, message_type="train")
     reply = app(msg, Context(int(run_id), 1, {}, RecordDict(), {}))
-    print(json.dumps({**dict(reply.content[SITE_KEY]), **dict(reply.content[METRICS_KEY])}))
+    status = {k: v for k, v in reply.content[SITE_KEY].items() if not isinstance(v, bytes)}  # not the weights
+    print(json.dumps({**status, **dict(reply.content[METRICS_KEY])}))
 """)
 
 

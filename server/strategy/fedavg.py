@@ -39,7 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmed.common.metrics import aggregate_sites, evaluation_round
-from fedmed.common.packed_arrays import PackingError, put, unpack_in_place
+from fedmed.common.packed_arrays import PackingError, has_weights, put, unpack_in_place
 from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
 from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
@@ -53,9 +53,9 @@ JOIN_CHECK_S = 0.2
 
 
 def _packed(messages: list[Message]) -> list[Message]:
-    """The messages with their weights packed (`packed_arrays`), the layout in their
-    `config` record. Flower's FedAvg gives every message the same RecordDict, so the
-    model is packed once."""
+    """The messages with their weights packed (`packed_arrays`: inline in their `config`
+    record when the model fits in one object). Flower's FedAvg gives every message the
+    same RecordDict, so the model is packed once."""
     done: set[int] = set()
     for msg in messages:
         content = msg.content
@@ -305,7 +305,7 @@ class SiteAwareFedAvg(FedAvg):
         for msg, reply in read:
             if reply.status != SiteStatus.OK.value:
                 continue
-            if ARRAYS_KEY not in msg.content.array_records:
+            if not has_weights(msg.content, ARRAYS_KEY, carrier=SITE_KEY):
                 problem = "no-weights"
             else:
                 try:
