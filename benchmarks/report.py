@@ -572,9 +572,10 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         "round" + (f"; by call: {by_call}" if by_call else "") + "), "
         f"{_num(f['idle_rate'], 2)} per second when idle. A message's model travels packed, one flat array "
         "per dtype, its bytes and layout fields of a record the message carries anyway (`common/packed_arrays.py`; "
-        "a model too large for one of Flower's array chunks travels as an array record instead), so a message "
-        "with weights is three objects (message, record dict, config or status record), each pulled or pushed "
-        "with its own request. While a round is in flight a "
+        "a model too large for one of Flower's array chunks travels as an array record instead), and a site's "
+        "metrics travel as fields of its status record (`common/reply_fields.py`), so a message or a reply is "
+        "three objects (message, record dict, config or status record), each pulled or pushed with its own "
+        "request. While a round is in flight a "
         "site first asks for its next message after 70 % of the shorter of its last two waits, and the "
         "ServerApp first asks its SuperLink for a phase's replies after 70 % of the shorter of the last two "
         "phases of that kind (`client/fleet_polling.py`, `server/fast_grid.py`); then every 20–250 ms.",

@@ -140,7 +140,8 @@ _ONE_ROUND = textwrap.dedent("""
     from fedmed.client.privacy.policy import PrivacyPolicy
     from fedmed.client.site import dicom_site
     from fedmed.common.federation import FederationConfig
-    from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, METRICS_KEY, SITE_KEY
+    from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, SITE_KEY
+    from fedmed.common.reply_fields import METRIC_PREFIX, reply_metrics
 
     data, state, weights, config_json, server_round, run_id = sys.argv[1:7]
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = int(run_id), 0, 1
@@ -152,8 +153,9 @@ _ONE_ROUND = textwrap.dedent("""
     })
     msg = Message(content=content, dst_node_id=1, message_type="train")
     reply = app(msg, Context(int(run_id), 1, {}, RecordDict(), {}))
-    status = {k: v for k, v in reply.content[SITE_KEY].items() if not isinstance(v, bytes)}  # not the weights
-    print(json.dumps({**status, **dict(reply.content[METRICS_KEY])}))
+    status = {k: v for k, v in reply.content[SITE_KEY].items()
+              if not isinstance(v, bytes) and not k.startswith(METRIC_PREFIX)}  # not the weights
+    print(json.dumps({**status, **reply_metrics(reply.content)}))
 """)
 
 

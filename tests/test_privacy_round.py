@@ -27,7 +27,8 @@ from fedmed.client.sitedata.report import SkipReport
 from fedmed.common.federation import FederationConfig
 from fedmed.common.metrics import histogram_key
 from fedmed.common.models import build_model
-from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, METRICS_KEY, SITE_KEY
+from fedmed.common.protocol import ARRAYS_KEY, FEDERATION_KEY, SITE_KEY
+from fedmed.common.reply_fields import METRIC_PREFIX, reply_metrics
 from fedmed.common.settings import ImageSettings
 from pld_reference import pld_epsilon  # noqa: E402 — tests/ is on sys.path under pytest
 
@@ -72,8 +73,9 @@ def _ask(site: Site, kind: str, config: FederationConfig, server_round: int, run
     client_app._DATA_MEMO.clear()
     reply = make_client_app(lambda context: site)(_message(kind, config, server_round, run_id, model),
                                                   Context(run_id, 1, {}, RecordDict(), {}))
-    metrics = dict(reply.content[METRICS_KEY]) if METRICS_KEY in reply.content.metric_records else {}
-    return {**dict(reply.content[SITE_KEY]), **metrics}
+    metrics = reply_metrics(reply.content)
+    status = {k: v for k, v in reply.content[SITE_KEY].items() if not k.startswith(METRIC_PREFIX)}
+    return {**status, **metrics}
 
 
 def _rows(state: Path) -> list[dict]:

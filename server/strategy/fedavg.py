@@ -41,6 +41,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedmed.common.metrics import aggregate_sites, evaluation_round
 from fedmed.common.packed_arrays import PackingError, has_weights, put, unpack_in_place
 from fedmed.common.protocol import ARRAYS_KEY, METRICS_KEY, SITE_KEY, WEIGHT_KEY, SiteStatus
+from fedmed.common.reply_fields import ReplyFieldsError, unfold
 from fedmed.server.strategy.reply_checks import DeclaredCounts, count_problem
 from fedmed.server.strategy.update_checks import UpdateLimits, check_update, non_finite
 
@@ -103,6 +104,10 @@ def site_reply(msg: Message, node_names: dict[int, str] | None = None,
     content = msg.content
     info = content[SITE_KEY] if SITE_KEY in content.config_records else {}
     name = str(info.get("name", fallback))
+    try:
+        unfold(content)  # the metrics travel as fields of the status record (`reply_fields`)
+    except ReplyFieldsError as exc:
+        return SiteReply(name, SiteStatus.FAILED.value, str(exc))
     status = str(info.get("status", SiteStatus.OK.value))
     metrics = dict(content[METRICS_KEY]) if METRICS_KEY in content.metric_records else {}
     return SiteReply(name, status, str(info.get("reason", "")), metrics)
