@@ -493,6 +493,16 @@ def _data(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
     return lines + _figure(figures, "data_throughput", "Site load throughput")
 
 
+def _cpu_floor(cpu: dict, cores) -> str:
+    """Words for the least wall time per round that each side's CPU needs on this many
+    cores, and the gap between them that no waiting explains."""
+    if not isinstance(cores, int) or cores < 1 or cpu.get("simulation") is None:
+        return ""
+    dep, sim = cpu["deployment"] / cores, cpu["simulation"] / cores
+    return (f" — on {cores} cores that CPU alone takes at least {_num(dep, 2)} s of wall time per round against "
+            f"{_num(sim, 2)} s, {_num(dep - sim, 2)} s of the gap before any waiting or any core left idle")
+
+
 def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]:
     cfg, f, t, met = section["config"], section["figures"], section["targets"], section["met"]
     sim, dep = section["rows"][0], section["rows"][1]
@@ -626,7 +636,8 @@ def _speed(section: dict[str, Any], figures: dict[str, str | None]) -> list[str]
         cpu_words = (
             f"the deployment's processes used {_num(cpu['deployment'], 2)} s of CPU per round against "
             f"{_num(cpu['simulation'], 2)} s for the whole simulation, on {section.get('cores', '?')} cores that "
-            "training shares. The waiting is gone; what is left is CPU in the message path"
+            "training shares" + _cpu_floor(cpu, section.get("cores")) + ". The waiting is gone; what is left is "
+            "CPU in the message path"
             + (f", most of it in Flower's SuperLink ({_num(link, 2)} s per round): every Fleet API request "
                "(the sites') and ServerAppIo request (the ServerApp's) is handled there in Python, and a profile "
                "(py-spy) put about half of that in its HTTP stack's per-request work (uvicorn, Starlette "
