@@ -285,6 +285,8 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
     row.seeds.append(seed)
     last = run.rounds[-1]
     row.test.append(_test_metrics(model, test, val, run_threshold=threshold_from_round(last)))
+    if start is None:  # with a pretrained start the sites hold only part of the val split
+        row.test[-1].update(_held_out(model, val, npz, partition, seed))
     if "run_threshold" in row.test[-1]:
         t = row.test[-1]
         row.notes.append(f"seed {seed}: the run's own operating threshold (chosen by the coordinator on the "
@@ -314,13 +316,33 @@ def _federated(npz: Path, test, val, plan: Plan, row: Row, work: Path, seed: int
     return run.to_dict()
 
 
-def _site_train_parts(npz: Path, partition: str, seed: int) -> list[np.ndarray]:
-    """The training indices each site holds, exactly as `npz_sites` splits the file: one
-    partition over train and val together, each site keeping its train part."""
+def _site_parts(npz: Path, partition: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each site's (train indices, val indices), exactly as `npz_sites` splits the file:
+    one partition over train and val together, each site keeping its part of each."""
     splits = read_medmnist(npz)
     n_train = len(splits["train"][1])
     labels = np.concatenate([splits["train"][1], splits["val"][1]])
-    return [p[p < n_train] for p in partition_indices(labels, SITES, partition, seed)]
+    return [(p[p < n_train], p[p >= n_train] - n_train) for p in partition_indices(labels, SITES, partition, seed)]
+
+
+def _site_train_parts(npz: Path, partition: str, seed: int) -> list[np.ndarray]:
+    """The training indices each site holds (`_site_parts`)."""
+    return [train for train, _ in _site_parts(npz, partition, seed)]
+
+
+def _held_out(model: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], npz: Path, partition: str,
+              seed: int) -> dict[str, Any]:
+    """The final model's exact AUC on the sites' held-out images (their val parts, which
+    together are the val split): pooled, and per site with its count of each class."""
+    from fedmed.client.training import predict_proba
+
+    scores = predict_proba(model, val[0], torch.device("cpu"))[:, 1]
+    y = np.asarray(val[1]) == 1
+    per_site = []
+    for _, part in _site_parts(npz, partition, seed):
+        auc = binary_auc(scores[part], y[part]) if 0 < y[part].sum() < len(part) else math.nan
+        per_site.append({"auc": float(auc), "positive": int(y[part].sum()), "negative": int((~y[part]).sum())})
+    return {"heldout_auc": float(binary_auc(scores, y)), "heldout_sites": per_site}
 
 
 def run(work: Path, smoke: bool) -> dict[str, Any]:
