@@ -301,10 +301,15 @@ def simulate(
         if board is not None:
             board.round(record)
 
+    def on_site_warning(site: str, text: str) -> None:
+        # The researcher holds every simulated site's data; a deployed site's warning stays
+        # on that site's own `fedmed client` output.
+        typer.secho(f"site {site}: warning: {text}", fg=typer.colors.YELLOW)
+
     try:
         status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
                                 meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon, **transfer},
-                                on_round=on_round)
+                                on_round=on_round, on_site_warning=on_site_warning)
     except ValueError as exc:  # refused before the run started (a state folder in use, too few sites)
         _fail(str(exc))
     finally:

@@ -26,6 +26,7 @@ from P, and every row records the unit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import sys
@@ -137,7 +138,8 @@ class PrivacyRound:
     def reserve_training(self, batch_size: int, epochs: int, trainable: int | None = None) -> BudgetDecision:
         """Plan, then check and record this round's DP-SGD spend in one locked step.
         With `trainable` (the model's trained weights), the first round of a plan also
-        warns when the plan's noise would swamp the signal (`noise_check`)."""
+        warns when the plan's noise would swamp the signal (`noise_check`): on the site's
+        stderr (`fedmed client` shows it) and in the saved plan (`simulate` shows it)."""
         plan = self.plan(batch_size, epochs)
         if plan.noise_multiplier is None:
             spent = self.ledger.spent(self.delta)
@@ -160,6 +162,8 @@ class PrivacyRound:
                                             plan.steps_per_round * plan.planned_rounds)
                     if (warning := check.warning()) is not None:
                         self._say(f"warning: {warning}")
+                        self._plan = dataclasses.replace(plan, noise_warning=warning)
+                        save_plan(self.state_dir, self._plan)
         else:
             self._say(f"round {self.server_round}: not training: {decision.reason}")
         return decision
