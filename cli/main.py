@@ -17,7 +17,7 @@ from fedmed.cli.certs import certs_app
 from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.cli.model_tools import Freeze, InitFrom, transfer_start
-from fedmed.common.federation import FederationConfig, parse_classes
+from fedmed.common.federation import MODEL_NAMES, FederationConfig, parse_classes
 from fedmed.common.interrupts import EXIT_INTERRUPTED, exit_now
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
@@ -85,7 +85,7 @@ Epochs = Annotated[int, typer.Option("--epochs", help="Local epochs per round at
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Local batch size.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Local learning rate.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd or adam.")]
-Model = Annotated[str, typer.Option("--model", help="scatternet (fixed scattering features and a linear head: fewest trained weights, best under DP-SGD), dpcnn, cnn or resnet18.")]
+Model = Annotated[str, typer.Option("--model", help=f"One of {', '.join(MODEL_NAMES)}; scatternet (fixed scattering features and a linear head: fewest trained weights, best under DP-SGD) is the default.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Model input side in pixels.")]
 Window = Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")]
 Classes = Annotated[str, typer.Option("--classes", help="Class names, in label order.")]

@@ -189,3 +189,13 @@ def test_augmentation_options_reach_the_federation_config(tmp_path, monkeypatch,
 def test_bad_augmentation_options_are_one_clear_line(args, message):
     result = runner.invoke(app, args, terminal_width=300)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["simulate"], ["server", "start"]])
+def test_model_help_lists_the_models_that_can_be_built(command):
+    from fedmed.common.models import _BUILDERS, MODEL_NAMES
+
+    assert set(MODEL_NAMES) == set(_BUILDERS)  # the names the CLI and config know are the registry's
+    result = runner.invoke(app, [*command, "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert f"One of {', '.join(MODEL_NAMES)}" in _unboxed(result.output), result.output
