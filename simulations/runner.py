@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fedmed.client.app import make_client_app
+from fedmed.client.privacy.noise_check import kept_warning
 from fedmed.client.site import Site
 from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.common.federation import FederationConfig
@@ -65,35 +66,26 @@ def _record_stop(out_dir: Path, planned: int) -> Callable[[str], str]:
 
 
 class _SiteWarnings:
-    """Each site's noise-to-signal warning (`RunPlan.noise_warning`), passed on once.
+    """Each site's noise-to-signal warning (`noise_check.keep_warning`), passed on once.
 
     A simulated site runs in a Ray worker whose output the researcher sees only with
-    --verbose; its warning is also kept in its plan, in its state folder on this machine,
-    where the researcher (who holds every site's data) reads it. A plan already there
-    when the run starts belongs to an earlier run and is not this run's warning.
+    --verbose; its warning is also kept in its state folder on this machine, where the
+    researcher (who holds every site's data) reads it. A warning already there when the
+    run starts was made for an earlier run.
     """
 
     def __init__(self, sites: list[Site], say: Callable[[str, str], None] | None) -> None:
-        self._sites, self._say = sites, say
-        self._before = {site.name: self._plan(site) for site in sites}
+        self._sites = [site for site in sites if site.privacy.enabled] if say is not None else []
+        self._say = say
+        self._before = {site.name: kept_warning(Path(site.state_dir)) for site in self._sites}
         self._told: set[str] = set()
 
-    @staticmethod
-    def _plan(site: Site):
-        from fedmed.client.privacy.planning import load_plan
-
-        return load_plan(Path(site.state_dir))
-
     def check(self) -> None:
-        if self._say is None:
-            return
         for site in self._sites:
-            if site.name in self._told:
-                continue
-            plan = self._plan(site)
-            if plan is not None and plan.noise_warning and plan != self._before[site.name]:
+            kept = kept_warning(Path(site.state_dir))
+            if site.name not in self._told and kept is not None and kept != self._before[site.name]:
                 self._told.add(site.name)
-                self._say(site.name, plan.noise_warning)
+                self._say(site.name, kept[1])
 
 
 def _gpus_per_site(num_sites: int) -> float:

@@ -37,12 +37,12 @@ def test_the_same_site_with_the_dp_model_is_not_warned_but_a_tiny_site_is():
     assert noise_to_signal(5.41, 1.0, 133, d, steps=15).warning() is not None
 
 
-def test_a_site_too_small_for_its_budget_is_warned_on_stderr_and_in_its_saved_plan(tmp_path, capsys):
+def test_a_site_too_small_for_its_budget_is_warned_on_stderr_and_in_its_state_folder(tmp_path, capsys):
     """Through the real ClientApp: 60 images at batch 512 with `scatternet`'s 8 k weights.
-    The line goes to the site's stderr (what `fedmed client` prints) and into its plan in
-    its state folder (what `simulate` reads), never into the reply to the coordinator."""
+    The line goes to the site's stderr (what `fedmed client` prints) and is kept in its
+    state folder (what `simulate` reads), never into the reply to the coordinator."""
     from test_privacy_round import _ask, _site
-    from fedmed.client.privacy.planning import load_plan
+    from fedmed.client.privacy.noise_check import kept_warning
     from fedmed.common.federation import FederationConfig
     from fedmed.common.settings import ImageSettings
 
@@ -50,7 +50,7 @@ def test_a_site_too_small_for_its_budget_is_warned_on_stderr_and_in_its_saved_pl
     config = FederationConfig(rounds=2, image=ImageSettings(size=28), seed=1)
     reply = _ask(_site(state, epsilon=3.0), "train", config, 1, 21)
     assert reply["status"] == "ok", reply
-    warning = load_plan(state).noise_warning
-    assert warning is not None and warning.startswith("DP-SGD is unlikely to learn here")
+    run, warning = kept_warning(state)
+    assert run == "21" and warning.startswith("DP-SGD is unlikely to learn here")
     assert f"[fedmed site A] warning: {warning}" in capsys.readouterr().err
     assert not any("unlikely" in str(value) for value in reply.values())

@@ -52,9 +52,6 @@ class RunPlan:
         (noise_multiplier None: not one round fits; the site declines the run's training).
     release_noise: σ of each evaluation release (None: no private release fits, or the
         site releases exact metrics, ``eval_share`` None).
-    noise_warning: the site's warning that this plan's noise will swamp the signal
-        (`noise_check`), or None. It stays in the site's state folder: a simulation, whose
-        researcher holds every site's data, shows it; a deployed site never sends it.
     """
 
     run: str
@@ -68,7 +65,6 @@ class RunPlan:
     release_noise: float | None = None
     eval_share: float | None = None
     unit: str = "image"
-    noise_warning: str | None = None
 
     @property
     def round_entry(self) -> HistoryEntry:

@@ -26,7 +26,6 @@ from P, and every row records the unit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 
 from .budget import BudgetDecision
 from .disclosure import DERIVED, open_release, private_release
-from .noise_check import noise_to_signal
+from .noise_check import keep_warning, noise_to_signal
 from .dp_sgd import dp_schedule
 from .ledger import GAUSSIAN, OPEN_RELEASE, LedgerEntry, PrivacyLedger, Reservation
 from .planning import RunPlan, load_plan, plan_noise_multiplier, plan_release_noise, save_plan
@@ -139,7 +138,7 @@ class PrivacyRound:
         """Plan, then check and record this round's DP-SGD spend in one locked step.
         With `trainable` (the model's trained weights), the first round of a plan also
         warns when the plan's noise would swamp the signal (`noise_check`): on the site's
-        stderr (`fedmed client` shows it) and in the saved plan (`simulate` shows it)."""
+        stderr (`fedmed client` shows it) and in its state folder (`simulate` shows it)."""
         plan = self.plan(batch_size, epochs)
         if plan.noise_multiplier is None:
             spent = self.ledger.spent(self.delta)
@@ -162,8 +161,7 @@ class PrivacyRound:
                                             plan.steps_per_round * plan.planned_rounds)
                     if (warning := check.warning()) is not None:
                         self._say(f"warning: {warning}")
-                        self._plan = dataclasses.replace(plan, noise_warning=warning)
-                        save_plan(self.state_dir, self._plan)
+                        keep_warning(self.state_dir, self.run, warning)
         else:
             self._say(f"round {self.server_round}: not training: {decision.reason}")
         return decision
