@@ -38,6 +38,9 @@ batch-size = 32
 lr = 0.001
 optimizer = "adam"               # adam | sgd
 seed = 0
+augment = true                   # label-preserving augmentation at the sites
+flips = false                    # left-right flips too: only where laterality carries no meaning
+augment-views = 1                # with DP: K augmented views per record, averaged before clipping
 """
 
 SITE_EXAMPLE = """\

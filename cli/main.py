@@ -17,7 +17,7 @@ from fedmed.cli.certs import certs_app
 from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.cli.model_tools import Freeze, InitFrom, transfer_start
-from fedmed.common.federation import FederationConfig, parse_classes
+from fedmed.common.federation import MODEL_NAMES, FederationConfig, parse_classes
 from fedmed.common.interrupts import EXIT_INTERRUPTED, exit_now
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
@@ -85,7 +85,7 @@ Epochs = Annotated[int, typer.Option("--epochs", help="Local epochs per round at
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Local batch size.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Local learning rate.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd or adam.")]
-Model = Annotated[str, typer.Option("--model", help="scatternet (fixed scattering features and a linear head: fewest trained weights, best under DP-SGD), dpcnn, cnn or resnet18.")]
+Model = Annotated[str, typer.Option("--model", help=f"One of {', '.join(MODEL_NAMES)}; scatternet (fixed scattering features and a linear head: fewest trained weights, best under DP-SGD) is the default.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Model input side in pixels.")]
 Window = Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")]
 Classes = Annotated[str, typer.Option("--classes", help="Class names, in label order.")]
@@ -95,6 +95,9 @@ MinSites = Annotated[int, typer.Option("--min-sites", help="Sites a round needs.
 Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, initial weights and training.")]
 TensorBoard = Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log each round's metrics as TensorBoard scalars in this folder.")]
 RoundTimeout = Annotated[float, typer.Option("--round-timeout", help="Seconds to wait for the sites in a round.")]
+Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Label-preserving augmentation at the sites (small rotations, shifts, zoom, brightness and contrast). Sites without DP augment every batch; a DP-SGD site augments only with --augment-views 2 or more.")]
+Flips = Annotated[bool, typer.Option("--flips/--no-flips", help="With --augment, also flip images left-right; only where left and right carry no meaning (not chest X-rays).")]
+AugmentViews = Annotated[int, typer.Option("--augment-views", metavar="K", help="With DP-SGD and --augment, K augmented views of each sampled record averaged before clipping, so the privacy unit stays the record (1: no augmentation under DP).")]
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", is_eager=True, callback=apply_config_file,
     help="TOML file of flag defaults (keys are flag names); flags given here override it.")]
@@ -110,7 +113,16 @@ def _refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
     not silently ignored (a config file may hold settings for either case)."""
     from click.core import ParameterSource
 
-    given = [f"--{name.replace('_', '-')}" for name in names
+    params = {p.name: p for p in ctx.command.params}
+
+    def flag(name: str) -> str:
+        # An on/off pair (--augment/--no-augment) is named as the user wrote it.
+        param = params.get(name)
+        if getattr(param, "secondary_opts", None) and ctx.params.get(name) is False:
+            return param.secondary_opts[0]
+        return f"--{name.replace('_', '-')}"
+
+    given = [flag(name) for name in names
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
     if given:
         _fail(f"{', '.join(given)}: {why}; drop {'it' if len(given) == 1 else 'them'}")
@@ -139,7 +151,8 @@ def _tensorboard(folder: Optional[Path]):
 
 
 def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
-                min_sites, seed, round_timeout, frames="middle", modality="") -> FederationConfig:
+                min_sites, seed, round_timeout, frames="middle", modality="", augment=True, flips=False,
+                augment_views=1) -> FederationConfig:
     try:
         modalities = tuple(m.strip().upper() for m in modality.split(",") if m.strip())
         return FederationConfig(
@@ -147,6 +160,7 @@ def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, wi
             model=model, image=ImageSettings(size=image_size, window=_window(window), frames=frames,
                                              modalities=modalities),
             classes=parse_classes(classes), min_sites=min_sites, seed=seed, round_timeout=round_timeout,
+            augment=augment, flips=flips, augment_views=augment_views,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -217,6 +231,7 @@ def simulate(
     optimizer: Optimizer = "adam", model: Model = "scatternet", image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz).")] = None,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: Annotated[Optional[int], typer.Option("--min-sites", help="Sites a round needs (default: all).")] = None,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
+    augment: Augment = True, flips: Flips = False, augment_views: AugmentViews = 1,
     epsilon: Annotated[float, typer.Option("--epsilon", help="Each simulated site's privacy budget over all runs on its data.")] = 8.0,
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
@@ -260,7 +275,8 @@ def simulate(
     except ValueError as exc:
         _fail(str(exc))
     config = _federation(rounds, epochs, batch_size, lr, optimizer, model, size, window, classes,
-                         min_sites or len(site_list), seed, round_timeout, frames, modality)
+                         min_sites or len(site_list), seed, round_timeout, frames, modality,
+                         augment, flips, augment_views)
     if data is not None:
         try:
             check_dicom_sites(data, config.classes)
@@ -285,10 +301,15 @@ def simulate(
         if board is not None:
             board.round(record)
 
+    def on_site_warning(site: str, text: str) -> None:
+        # The researcher holds every simulated site's data; a deployed site's warning stays
+        # on that site's own `fedmed client` output.
+        typer.secho(f"site {site}: warning: {text}", fg=typer.colors.YELLOW)
+
     try:
         status = run_simulation(site_list, config, out, ray_address=ray_address, verbose=verbose,
                                 meta={"dp": not no_dp, "epsilon": None if no_dp else epsilon, **transfer},
-                                on_round=on_round)
+                                on_round=on_round, on_site_warning=on_site_warning)
     except ValueError as exc:  # refused before the run started (a state folder in use, too few sites)
         _fail(str(exc))
     finally:
@@ -325,6 +346,7 @@ def server_start(
     optimizer: Optimizer = "adam", model: Model = "scatternet", image_size: ImageSize = 64,
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
+    augment: Augment = True, flips: Flips = False, augment_views: AugmentViews = 1,
     config_file: ConfigFile = None,
     init_from: InitFrom = None,
     freeze: Freeze = "none",
@@ -343,10 +365,12 @@ def server_start(
         _fail("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one")
     if resume is not None:
         _refuse_given(ctx, ["rounds", "epochs", "batch_size", "lr", "optimizer", "model", "image_size", "window",
-                            "classes", "min_sites", "seed", "round_timeout"],
+                            "classes", "min_sites", "seed", "round_timeout", "frames", "modality", "augment",
+                            "flips", "augment_views"],
                       "a resumed run keeps the training settings it started with")
     config = None if resume else _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size,
-                                             window, classes, min_sites, seed, round_timeout, frames, modality)
+                                             window, classes, min_sites, seed, round_timeout, frames, modality,
+                                             augment, flips, augment_views)
     try:
         options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
                                 certs=certs, sites_dir=sites_dir, resume=resume is not None,

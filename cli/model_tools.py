@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedmed.common.federation import FederationConfig
+from fedmed.common.federation import MODEL_NAMES, FederationConfig
 
 
 # Options of `simulate` and `server start` that start a federation from a saved model.
@@ -153,7 +153,7 @@ def pretrain(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "adam",
-    model: Annotated[str, typer.Option("--model", help="dpcnn, cnn or resnet18: the federation's --model.")] = _DEFAULT_MODEL,
+    model: Annotated[str, typer.Option("--model", help=f"One of {', '.join(MODEL_NAMES)}: the federation's --model.")] = _DEFAULT_MODEL,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side in pixels (default 64 for DICOM, the file's for --npz); the federation's --image-size.")] = None,
     window: Annotated[Optional[str], typer.Option("--window", help="CENTER,WIDTH overriding the files' window, e.g. -600,1500.")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Class names, in label order: the federation's --classes.")] = None,

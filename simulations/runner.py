@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fedmed.client.app import make_client_app
+from fedmed.client.privacy.noise_check import kept_warning
 from fedmed.client.site import Site
 from fedmed.client.state_lock import StateLocked, state_lock
 from fedmed.common.federation import FederationConfig
@@ -64,6 +65,29 @@ def _record_stop(out_dir: Path, planned: int) -> Callable[[str], str]:
     return on_stop
 
 
+class _SiteWarnings:
+    """Each site's noise-to-signal warning (`noise_check.keep_warning`), passed on once.
+
+    A simulated site runs in a Ray worker whose output the researcher sees only with
+    --verbose; its warning is also kept in its state folder on this machine, where the
+    researcher (who holds every site's data) reads it. A warning already there when the
+    run starts was made for an earlier run.
+    """
+
+    def __init__(self, sites: list[Site], say: Callable[[str, str], None] | None) -> None:
+        self._sites = [site for site in sites if site.privacy.enabled] if say is not None else []
+        self._say = say
+        self._before = {site.name: kept_warning(Path(site.state_dir)) for site in self._sites}
+        self._told: set[str] = set()
+
+    def check(self) -> None:
+        for site in self._sites:
+            kept = kept_warning(Path(site.state_dir))
+            if site.name not in self._told and kept is not None and kept != self._before[site.name]:
+                self._told.add(site.name)
+                self._say(site.name, kept[1])
+
+
 def _gpus_per_site(num_sites: int) -> float:
     import torch
 
@@ -79,9 +103,13 @@ def simulate(
     cpus_per_site: float = 1.0,
     meta: dict[str, Any] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_site_warning: Callable[[str, str], None] | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Run the federation over `sites`; return the run's status (see `status.json`)."""
+    """Run the federation over `sites`; return the run's status (see `status.json`).
+
+    `on_site_warning(site, text)` is called once per site whose DP plan warns that its
+    noise will swamp the signal, before the row of the first round that follows."""
     from flwr.simulation import run_simulation
 
     if len(sites) < config.min_sites:
@@ -97,6 +125,13 @@ def simulate(
     def resolve(context) -> Site:
         return by_partition[int(context.node_config["partition-id"])]
 
+    warnings_ = _SiteWarnings(sites, on_site_warning)
+
+    def round_done(record: dict[str, Any]) -> None:
+        warnings_.check()  # the sites trained this round before its row is written
+        if on_round is not None:
+            on_round(record)
+
     meta = {"mode": "simulation", "sites": [s.name for s in sites], **(meta or {})}
     init_args: dict[str, Any] = {"logging_level": "error", "log_to_driver": verbose}
     if ray_address:
@@ -109,11 +144,12 @@ def simulate(
     }
     with _quiet_flower(verbose), _sites_locked(sites), stop_at_once(_record_stop(Path(out_dir), config.rounds)):
         run_simulation(
-            server_app=make_server_app(config, Path(out_dir), meta, on_round),
+            server_app=make_server_app(config, Path(out_dir), meta, round_done),
             client_app=make_client_app(resolve),
             num_supernodes=len(sites),
             backend_config=backend_config,
         )
+    warnings_.check()  # a run that ended before any round's row
     status = read_status(Path(out_dir)) or {"status": "failed", "reason": "the run ended without a status"}
     status["report"] = write_run_report(Path(out_dir))
     return status

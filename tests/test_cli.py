@@ -137,3 +137,65 @@ def test_bad_input_is_one_clear_line(args, message):
     result = runner.invoke(app, args, terminal_width=300)
     assert result.exit_code != 0
     assert message in result.output, result.output
+
+
+def test_augmentation_options_reach_the_federation_config(tmp_path, monkeypatch, synthetic_sites):
+    captured = {}
+
+    def fake_simulate(sites, config, out, **kwargs):
+        captured["simulate"] = config
+        return {"status": "completed"}
+
+    def fake_start_server(options):
+        captured["server"] = options.config
+        return 0
+
+    monkeypatch.setattr("fedmed.simulations.runner.simulate", fake_simulate)
+    monkeypatch.setattr("fedmed.server.deployment.start_server", fake_start_server)
+    result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim"),
+                                 "--no-augment", "--flips", "--augment-views", "3"])
+    assert result.exit_code == 0, result.output
+    config = captured["simulate"]
+    assert (config.augment, config.flips, config.augment_views) == (False, True, 3)
+
+    # The config file reaches them too (keys are the flag names), and a flag overrides it.
+    federation = tmp_path / "federation.toml"
+    federation.write_text("augment = false\nflips = true\naugment-views = 4\n")
+    result = runner.invoke(app, ["server", "start", "--insecure", "--out", str(tmp_path / "srv"),
+                                 "--config", str(federation), "--augment-views", "2"])
+    assert result.exit_code == 0, result.output
+    config = captured["server"]
+    assert (config.augment, config.flips, config.augment_views) == (False, True, 2)
+
+    # The defaults are the config's own.
+    from fedmed.common.federation import FederationConfig
+
+    result = runner.invoke(app, ["server", "start", "--insecure", "--out", str(tmp_path / "srv2")])
+    assert result.exit_code == 0, result.output
+    default = FederationConfig()
+    config = captured["server"]
+    assert (config.augment, config.flips, config.augment_views) == (default.augment, default.flips,
+                                                                      default.augment_views)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["server", "start", "--insecure", "--out", "x", "--augment-views", "0"],
+     "error: augmentation views: expected 1 to 64, got 0"),
+    (["simulate", "--out", "x", "--data", ".", "--augment-views", "65"],
+     "error: augmentation views: expected 1 to 64, got 65"),
+    (["server", "start", "--resume", "x", "--no-augment", "--augment-views", "2"],
+     "--no-augment, --augment-views: a resumed run keeps the training settings it started with"),
+])
+def test_bad_augmentation_options_are_one_clear_line(args, message):
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["simulate"], ["server", "start"]])
+def test_model_help_lists_the_models_that_can_be_built(command):
+    from fedmed.common.models import _BUILDERS, MODEL_NAMES
+
+    assert set(MODEL_NAMES) == set(_BUILDERS)  # the names the CLI and config know are the registry's
+    result = runner.invoke(app, [*command, "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert f"One of {', '.join(MODEL_NAMES)}" in _unboxed(result.output), result.output

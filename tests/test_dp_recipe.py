@@ -55,3 +55,54 @@ def test_two_rounds_of_the_recipe_through_the_client_app_spend_what_pld_computes
     history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
     assert rows[-1]["epsilon"] == pytest.approx(epsilon(history, rows[-1]["delta"]))
     assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)
+
+
+def test_augmentation_multiplicity_through_the_client_app_spends_what_pld_computes(tmp_path, monkeypatch):
+    """Two DP rounds with K = 2 augmented views per record through the real ClientApp:
+    every step runs each sampled record as 2 augmented views averaged back to one
+    gradient, and the ledger's ε is still the independent PLD accountant's for the
+    record-level history -- the same as the run without views."""
+    from test_privacy_round import _ask, _rows, _site
+    from pld_reference import pld_epsilon
+    from fedmed.client.privacy import dp_sgd
+    from fedmed.common.settings import ImageSettings
+
+    augmented, averaged = [], []
+    real_augment, real_average = dp_sgd.augment, dp_sgd.average_views
+
+    def spy_augment(x, settings, generator):
+        augmented.append(len(x))
+        return real_augment(x, settings, generator)
+
+    def spy_average(grad_sample, views):
+        averaged.append((grad_sample.shape[0], views))
+        return real_average(grad_sample, views)
+
+    monkeypatch.setattr(dp_sgd, "augment", spy_augment)
+    monkeypatch.setattr(dp_sgd, "average_views", spy_average)
+
+    def ledger(state, views):
+        site = _site(state, epsilon=3.0)
+        config = FederationConfig(rounds=2, image=ImageSettings(size=28), seed=1, dp_batch_size=32,
+                                  augment=True, augment_views=views)
+        for server_round in (1, 2):
+            reply = _ask(site, "train", config, server_round, 12)
+            assert reply["status"] == "ok" and reply["steps"] == 2, reply
+        return [r for r in _rows(state) if r["mechanism"] == "dp-sgd"]
+
+    rows = ledger(tmp_path / "views", views=2)
+    # Every non-empty Poisson batch of B records went through augmentation as 2B views, and
+    # each record's per-view gradients were averaged into one (per trained tensor) before clipping.
+    assert augmented and all(n % 2 == 0 and n > 0 for n in augmented), augmented
+    assert averaged and all(views == 2 for _, views in averaged)
+    assert {n for n, _ in averaged} <= set(augmented)  # the per-view gradients of those very batches
+
+    assert len(rows) == 2 and rows[0]["sample_rate"] == 0.5
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+    assert rows[-1]["epsilon"] == pytest.approx(pld_epsilon(history, rows[-1]["delta"]), rel=0.02)
+
+    augmented.clear()
+    single = ledger(tmp_path / "one-view", views=1)
+    assert not augmented  # one view under DP: no augmentation (docs/privacy.md)
+    assert [(r["noise_multiplier"], r["sample_rate"], r["steps"], r["epsilon"]) for r in single] == \
+        [(r["noise_multiplier"], r["sample_rate"], r["steps"], r["epsilon"]) for r in rows]

@@ -225,3 +225,26 @@ def test_patient_level_privacy(synthetic_sites: Path, tmp_path: Path):
     (row,) = read_metrics(tmp_path / "run")
     # the train reply's count is the schedule's: ⌈P/B⌉·B, over patients
     assert row["sites"]["A"]["num_train_examples"] == math.ceil(patients / config.dp_batch_size) * config.dp_batch_size
+
+
+def test_simulate_shows_each_too_small_sites_noise_warning_once(synthetic_sites: Path, tmp_path: Path):
+    """The synthetic sites (24 training images each) cannot learn with DP at this budget:
+    `simulate`, without --verbose, prints each site's warning once, with its remedies."""
+    from typer.testing import CliRunner
+
+    from fedmed.cli.main import app
+
+    out, state = tmp_path / "run", tmp_path / "state"
+    result = CliRunner().invoke(app, [
+        "simulate", "--data", str(synthetic_sites), "--state", str(state), "--out", str(out),
+        "--rounds", "2", "--image-size", "32", "--epsilon", "2",
+    ])
+    assert result.exit_code == 0, result.output
+    for site in SITES:
+        assert result.output.count(f"site {site}: warning: DP-SGD is unlikely to learn here") == 1, result.output
+    assert "Remedies: a larger epsilon" in result.output
+    # Before the first round's row: the sites warned before they trained.
+    lines = result.output.splitlines()
+    first_row = next(i for i, line in enumerate(lines) if line.split()[:2] == ["1", "3/3"])
+    assert all(lines.index(next(line for line in lines if line.startswith(f"site {site}: warning:"))) < first_row
+               for site in SITES), result.output

@@ -19,17 +19,26 @@ Both need no data, only the plan: σ from the budget, q and N from the site's si
 the rounds and epochs, d from the model. `RUN_WARNING_RATIO` is where fedmed's measurements
 on PneumoniaMNIST (docs/privacy.md) stopped learning: 0.08–0.19 learned (AUC ≥ 0.8), 0.29
 ended with the classes ranked the wrong way round at two of three seeds.
+
+A warning goes to the site's own output and is kept in its state folder (`keep_warning`);
+it is a statistic of the site's data (its size), so it is never sent to the coordinator. A
+simulation, whose researcher holds every site's data, reads the kept ones (`kept_warning`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 RUN_WARNING_RATIO = 0.25
 """Warn when the planned noise-to-signal ratio over the whole run is above this."""
+WARNING_FILE = "noise-warning.json"
+"""The site's latest warning and the run it was made for, in its state folder."""
 
 
 @dataclass(frozen=True)
@@ -76,3 +85,20 @@ def noise_to_signal(noise_multiplier: float, sample_rate: float, num_examples: i
     return NoiseCheck(per_step=per_step, over_run=per_step / math.sqrt(steps),
                       noise_multiplier=float(noise_multiplier), expected_batch=expected_batch,
                       parameters=int(parameters), steps=steps)
+
+
+def keep_warning(state_dir: Path, run: str, text: str) -> None:
+    """Keep a run's warning in the site's state folder (replacing an earlier run's)."""
+    path = Path(state_dir) / WARNING_FILE
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"run": run, "warning": text}))
+    os.replace(tmp, path)
+
+
+def kept_warning(state_dir: Path) -> tuple[str, str] | None:
+    """(run, warning) as `keep_warning` left it, or None when there is none (or it is unreadable)."""
+    try:
+        kept = json.loads((Path(state_dir) / WARNING_FILE).read_text())
+        return str(kept["run"]), str(kept["warning"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

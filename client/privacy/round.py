@@ -36,7 +36,7 @@ import numpy as np
 
 from .budget import BudgetDecision
 from .disclosure import DERIVED, open_release, private_release
-from .noise_check import noise_to_signal
+from .noise_check import keep_warning, noise_to_signal
 from .dp_sgd import dp_schedule
 from .ledger import GAUSSIAN, OPEN_RELEASE, LedgerEntry, PrivacyLedger, Reservation
 from .planning import RunPlan, load_plan, plan_noise_multiplier, plan_release_noise, save_plan
@@ -137,7 +137,8 @@ class PrivacyRound:
     def reserve_training(self, batch_size: int, epochs: int, trainable: int | None = None) -> BudgetDecision:
         """Plan, then check and record this round's DP-SGD spend in one locked step.
         With `trainable` (the model's trained weights), the first round of a plan also
-        warns when the plan's noise would swamp the signal (`noise_check`)."""
+        warns when the plan's noise would swamp the signal (`noise_check`): on the site's
+        stderr (`fedmed client` shows it) and in its state folder (`simulate` shows it)."""
         plan = self.plan(batch_size, epochs)
         if plan.noise_multiplier is None:
             spent = self.ledger.spent(self.delta)
@@ -160,6 +161,7 @@ class PrivacyRound:
                                             plan.steps_per_round * plan.planned_rounds)
                     if (warning := check.warning()) is not None:
                         self._say(f"warning: {warning}")
+                        keep_warning(self.state_dir, self.run, warning)
         else:
             self._say(f"round {self.server_round}: not training: {decision.reason}")
         return decision
