@@ -41,6 +41,14 @@ seed = 0
 augment = true                   # label-preserving augmentation at the sites
 flips = false                    # left-right flips too: only where laterality carries no meaning
 augment-views = 1                # with DP: K augmented views per record, averaged before clipping
+strategy = "fedavg"              # fedavg | fedavgm (server momentum) | fedadam (server-side Adam)
+# server-momentum = 0.9          # fedavgm only
+# server-lr = 0.01               # fedadam only
+# A site training with DP-SGD uses these instead of batch-size, lr and optimizer:
+# plain SGD on Poisson batches (docs/privacy.md, "The DP recipe", explains the defaults).
+dp-batch-size = 512              # expected batch size
+dp-lr = 1.0                      # decayed by a cosine over the rounds
+dp-momentum = 0.0
 """
 
 SITE_EXAMPLE = """\

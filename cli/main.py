@@ -17,7 +17,7 @@ from fedmed.cli.certs import certs_app
 from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.cli.model_tools import Freeze, InitFrom, transfer_start
-from fedmed.common.federation import MODEL_NAMES, FederationConfig, parse_classes
+from fedmed.common.federation import MODEL_NAMES, STRATEGIES, FederationConfig, parse_classes
 from fedmed.common.interrupts import EXIT_INTERRUPTED, exit_now
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
@@ -98,6 +98,21 @@ RoundTimeout = Annotated[float, typer.Option("--round-timeout", help="Seconds to
 Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Label-preserving augmentation at the sites (small rotations, shifts, zoom, brightness and contrast). Sites without DP augment every batch; a DP-SGD site augments only with --augment-views 2 or more.")]
 Flips = Annotated[bool, typer.Option("--flips/--no-flips", help="With --augment, also flip images left-right; only where left and right carry no meaning (not chest X-rays).")]
 AugmentViews = Annotated[int, typer.Option("--augment-views", metavar="K", help="With DP-SGD and --augment, K augmented views of each sampled record averaged before clipping, so the privacy unit stays the record (1: no augmentation under DP).")]
+# What each strategy does, in one phrase (its module in server/strategy/ says more); the
+# help lists the names FederationConfig accepts, which are the ones the registry builds.
+_STRATEGY_PHRASES = {
+    "fedavg": "the sites' updates averaged, weighted by their image counts",
+    "fedavgm": "FedAvg with server momentum, --server-momentum",
+    "fedadam": "the average applied by server-side Adam, step --server-lr",
+}
+_DEFAULTS = FederationConfig()
+Strategy = Annotated[str, typer.Option("--strategy", metavar="NAME", help="How the coordinator combines the sites' updates, one of "
+                                       + "; ".join(f"{name} ({_STRATEGY_PHRASES[name]})" for name in STRATEGIES) + ".")]
+ServerLr = Annotated[float, typer.Option("--server-lr", help="fedadam's server step size (used by --strategy fedadam only; fedavgm steps by 1).")]
+ServerMomentum = Annotated[float, typer.Option("--server-momentum", help="fedavgm's server momentum, 0 to < 1 (used by --strategy fedavgm only).")]
+DpBatchSize = Annotated[int, typer.Option("--dp-batch-size", help="A DP-SGD site's expected Poisson batch size (the DP recipe's, used instead of --batch-size; docs/privacy.md, \"The DP recipe\", explains the defaults).")]
+DpLr = Annotated[float, typer.Option("--dp-lr", help="A DP-SGD site's SGD learning rate, cosine-decayed over the rounds (used instead of --lr).")]
+DpMomentum = Annotated[float, typer.Option("--dp-momentum", help="A DP-SGD site's SGD momentum, 0 to < 1.")]
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", is_eager=True, callback=apply_config_file,
     help="TOML file of flag defaults (keys are flag names); flags given here override it.")]
@@ -152,7 +167,9 @@ def _tensorboard(folder: Optional[Path]):
 
 def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, window, classes,
                 min_sites, seed, round_timeout, frames="middle", modality="", augment=True, flips=False,
-                augment_views=1) -> FederationConfig:
+                augment_views=1, **settings) -> FederationConfig:
+    """The run's FederationConfig from the shared options; `settings` are further fields by
+    name (strategy, server_lr, ...). A bad value is the config's own one-line error."""
     try:
         modalities = tuple(m.strip().upper() for m in modality.split(",") if m.strip())
         return FederationConfig(
@@ -160,7 +177,7 @@ def _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size, wi
             model=model, image=ImageSettings(size=image_size, window=_window(window), frames=frames,
                                              modalities=modalities),
             classes=parse_classes(classes), min_sites=min_sites, seed=seed, round_timeout=round_timeout,
-            augment=augment, flips=flips, augment_views=augment_views,
+            augment=augment, flips=flips, augment_views=augment_views, **settings,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -232,6 +249,9 @@ def simulate(
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: Annotated[Optional[int], typer.Option("--min-sites", help="Sites a round needs (default: all).")] = None,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     augment: Augment = True, flips: Flips = False, augment_views: AugmentViews = 1,
+    strategy: Strategy = _DEFAULTS.strategy, server_lr: ServerLr = _DEFAULTS.server_lr,
+    server_momentum: ServerMomentum = _DEFAULTS.server_momentum, dp_batch_size: DpBatchSize = _DEFAULTS.dp_batch_size,
+    dp_lr: DpLr = _DEFAULTS.dp_lr, dp_momentum: DpMomentum = _DEFAULTS.dp_momentum,
     epsilon: Annotated[float, typer.Option("--epsilon", help="Each simulated site's privacy budget over all runs on its data.")] = 8.0,
     delta: Annotated[Optional[float], typer.Option("--delta", help="delta of the budget (default: 1/(10 N) capped at 1e-5).")] = None,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Per-image gradient clipping norm C.")] = 1.0,
@@ -276,7 +296,9 @@ def simulate(
         _fail(str(exc))
     config = _federation(rounds, epochs, batch_size, lr, optimizer, model, size, window, classes,
                          min_sites or len(site_list), seed, round_timeout, frames, modality,
-                         augment, flips, augment_views)
+                         augment, flips, augment_views, strategy=strategy, server_lr=server_lr,
+                         server_momentum=server_momentum, dp_batch_size=dp_batch_size, dp_lr=dp_lr,
+                         dp_momentum=dp_momentum)
     if data is not None:
         try:
             check_dicom_sites(data, config.classes)
@@ -347,6 +369,9 @@ def server_start(
     window: Window = None, classes: Classes = ",".join(DEFAULT_CLASSES), min_sites: MinSites = 2,
     seed: Seed = 0, round_timeout: RoundTimeout = 1800.0, frames: Frames = "middle", modality: Modality = "",
     augment: Augment = True, flips: Flips = False, augment_views: AugmentViews = 1,
+    strategy: Strategy = _DEFAULTS.strategy, server_lr: ServerLr = _DEFAULTS.server_lr,
+    server_momentum: ServerMomentum = _DEFAULTS.server_momentum, dp_batch_size: DpBatchSize = _DEFAULTS.dp_batch_size,
+    dp_lr: DpLr = _DEFAULTS.dp_lr, dp_momentum: DpMomentum = _DEFAULTS.dp_momentum,
     config_file: ConfigFile = None,
     init_from: InitFrom = None,
     freeze: Freeze = "none",
@@ -366,11 +391,14 @@ def server_start(
     if resume is not None:
         _refuse_given(ctx, ["rounds", "epochs", "batch_size", "lr", "optimizer", "model", "image_size", "window",
                             "classes", "min_sites", "seed", "round_timeout", "frames", "modality", "augment",
-                            "flips", "augment_views"],
+                            "flips", "augment_views", "strategy", "server_lr", "server_momentum",
+                            "dp_batch_size", "dp_lr", "dp_momentum"],
                       "a resumed run keeps the training settings it started with")
     config = None if resume else _federation(rounds, epochs, batch_size, lr, optimizer, model, image_size,
                                              window, classes, min_sites, seed, round_timeout, frames, modality,
-                                             augment, flips, augment_views)
+                                             augment, flips, augment_views, strategy=strategy,
+                                             server_lr=server_lr, server_momentum=server_momentum,
+                                             dp_batch_size=dp_batch_size, dp_lr=dp_lr, dp_momentum=dp_momentum)
     try:
         options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
                                 certs=certs, sites_dir=sites_dir, resume=resume is not None,

@@ -199,3 +199,92 @@ def test_model_help_lists_the_models_that_can_be_built(command):
     result = runner.invoke(app, [*command, "--help"], terminal_width=400)
     assert result.exit_code == 0, result.output
     assert f"One of {', '.join(MODEL_NAMES)}" in _unboxed(result.output), result.output
+
+
+STRATEGY_AND_DP_FIELDS = ("strategy", "server_lr", "server_momentum", "dp_batch_size", "dp_lr", "dp_momentum")
+
+
+def _strategy_and_dp(config):
+    return tuple(getattr(config, name) for name in STRATEGY_AND_DP_FIELDS)
+
+
+def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, monkeypatch, synthetic_sites):
+    captured = {}
+
+    def fake_simulate(sites, config, out, **kwargs):
+        captured["simulate"] = config
+        return {"status": "completed"}
+
+    def fake_start_server(options):
+        captured["server"] = options.config
+        return 0
+
+    monkeypatch.setattr("fedmed.simulations.runner.simulate", fake_simulate)
+    monkeypatch.setattr("fedmed.server.deployment.start_server", fake_start_server)
+    result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim"),
+                                 "--strategy", "fedavgm", "--server-lr", "0.5", "--server-momentum", "0.8",
+                                 "--dp-batch-size", "256", "--dp-lr", "0.25", "--dp-momentum", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert _strategy_and_dp(captured["simulate"]) == ("fedavgm", 0.5, 0.8, 256, 0.25, 0.5)
+
+    result = runner.invoke(app, ["server", "start", "--insecure", "--out", str(tmp_path / "srv0"),
+                                 "--strategy", "fedadam", "--server-lr", "0.03", "--server-momentum", "0",
+                                 "--dp-batch-size", "64", "--dp-lr", "2", "--dp-momentum", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert _strategy_and_dp(captured["server"]) == ("fedadam", 0.03, 0.0, 64, 2.0, 0.9)
+
+    # The config file reaches them too (keys are the flag names), and a flag overrides it.
+    federation = tmp_path / "federation.toml"
+    federation.write_text('strategy = "fedadam"\nserver-lr = 0.1\nserver-momentum = 0.5\n'
+                          'dp-batch-size = 128\ndp-lr = 0.5\ndp-momentum = 0.3\n')
+    result = runner.invoke(app, ["server", "start", "--insecure", "--out", str(tmp_path / "srv"),
+                                 "--config", str(federation), "--dp-lr", "0.7"])
+    assert result.exit_code == 0, result.output
+    assert _strategy_and_dp(captured["server"]) == ("fedadam", 0.1, 0.5, 128, 0.7, 0.3)
+
+    # The defaults are the config's own.
+    from fedmed.common.federation import FederationConfig
+
+    result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim2")])
+    assert result.exit_code == 0, result.output
+    assert _strategy_and_dp(captured["simulate"]) == _strategy_and_dp(FederationConfig())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["server", "start", "--insecure", "--out", "x", "--strategy", "fedprox"],
+     "error: strategy: expected one of fedavg, fedavgm, fedadam, got 'fedprox'"),
+    (["simulate", "--out", "x", "--data", ".", "--server-lr", "0"],
+     "error: server learning rate: expected a positive number, got 0.0"),
+    (["server", "start", "--insecure", "--out", "x", "--server-momentum", "1"],
+     "error: server momentum: expected 0 <= momentum < 1, got 1.0"),
+    (["simulate", "--out", "x", "--data", ".", "--dp-batch-size", "0"],
+     "error: DP batch size: expected at least 1, got 0"),
+    (["server", "start", "--insecure", "--out", "x", "--dp-lr", "-1"],
+     "error: DP learning rate: expected a positive number, got -1.0"),
+    (["simulate", "--out", "x", "--data", ".", "--dp-momentum", "1.5"],
+     "error: DP momentum: expected 0 <= momentum < 1, got 1.5"),
+    (["server", "start", "--resume", "x", "--strategy", "fedavgm", "--server-momentum", "0.5"],
+     "--strategy, --server-momentum: a resumed run keeps the training settings it started with; drop them"),
+    (["server", "start", "--resume", "x", "--server-lr", "0.1", "--dp-batch-size", "64", "--dp-lr", "0.5",
+      "--dp-momentum", "0.1"],
+     "--server-lr, --dp-batch-size, --dp-lr, --dp-momentum: a resumed run keeps the training settings"),
+])
+def test_bad_strategy_and_dp_recipe_options_are_one_clear_line(args, message):
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", [["simulate"], ["server", "start"]])
+def test_strategy_help_lists_the_strategies_that_can_be_built(command):
+    from fedmed.cli.main import _STRATEGY_PHRASES
+    from fedmed.common.federation import STRATEGIES, FederationConfig
+    from fedmed.server.strategy.registry import build_strategy
+
+    # Every name the config accepts builds its own strategy class: the names are the registry's.
+    built = {type(build_strategy(FederationConfig(strategy=name))) for name in STRATEGIES}
+    assert len(built) == len(STRATEGIES)
+    result = runner.invoke(app, [*command, "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    listed = "; ".join(f"{name} ({_STRATEGY_PHRASES[name]})" for name in STRATEGIES)
+    assert f"one of {listed}." in _unboxed(result.output), result.output
