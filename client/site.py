@@ -47,6 +47,7 @@ def dicom_site(name: str, data_dir: Path, state_dir: Path, privacy: PrivacyPolic
             config.classes,
             val_fraction=config.val_fraction,
             seed=config.seed,
+            say=lambda line: print(f"[fedmed site {name}] {line}", flush=True),
         )
 
     return Site(name=name, state_dir=state_dir, load_data=load, privacy=privacy)

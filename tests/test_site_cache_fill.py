@@ -137,3 +137,16 @@ def test_a_folder_the_load_refuses_is_refused_with_the_same_words(tmp_path):
     write_random_bytes(data / "normal" / "y.dcm")
     with pytest.raises(ValueError, match="no usable labelled image.*not a DICOM file: 2"):
         fill.load_site(data, tmp_path / "state", SETTINGS, CLASSES)
+
+
+def test_another_failure_in_the_child_is_named_by_its_type_only(tmp_path, capfd):
+    """An OS error may quote a path: the child prints its type and where it arose, and the
+    executor's error (a SafeError, shown at the site) names no file."""
+    data, state = tmp_path / "site-of-patient-x", tmp_path / "state"
+    write_site(data)
+    state.write_text("a file where the state folder should be\n")
+    with pytest.raises(fill.CacheFillError) as failed:
+        fill.load_site(data, state, SETTINGS, CLASSES)
+    assert "NotADirectoryError" in str(failed.value) and "patient-x" not in str(failed.value)
+    printed = capfd.readouterr().err
+    assert "NotADirectoryError at" in printed and "cache.py" in printed and "patient-x" not in printed

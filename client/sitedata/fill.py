@@ -15,12 +15,14 @@ Arrays, split, skip report and fingerprints are those `load_dicom_site` returns.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedmed.client.errors import SafeError
@@ -67,7 +69,7 @@ def fill_in_child(data_dir: str | os.PathLike[str], state_dir: str | os.PathLike
     Raises ValueError with `load_dicom_site`'s text for a folder it would refuse (its
     text names the folder or file: never sent upstream), CacheFillError otherwise."""
     request = {"data_dir": str(data_dir), "state_dir": str(state_dir), "settings": settings.to_dict(),
-               "classes": list(classes)}
+               "classes": list(classes), "parent": os.getpid()}
     done = subprocess.run([sys.executable, "-m", "fedmed.client.sitedata.fill"], input=json.dumps(request),
                           stdout=subprocess.PIPE, text=True)
     try:
@@ -83,14 +85,17 @@ def fill_in_child(data_dir: str | os.PathLike[str], state_dir: str | os.PathLike
 
 
 def load_site(data_dir: str | os.PathLike[str], state_dir: str | os.PathLike[str], settings: ImageSettings,
-              classes: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> SiteData:
+              classes: Sequence[str], val_fraction: float = 0.2, seed: int = 0,
+              say: Callable[[str], None] | None = None) -> SiteData:
     """The site's data set: from the cache while the folder is unchanged, else after a
-    child has filled the cache (see the module's text). Raises ValueError as
-    `load_dicom_site` does."""
+    child has filled the cache (see the module's text); `say` gets a line when a child
+    starts. Raises ValueError as `load_dicom_site` does."""
     # As the child will see them: the cache's keys are over the settings' JSON form.
     settings = ImageSettings.from_dict(settings.to_dict())
     data = load_cached_site(data_dir, state_dir, settings, classes, val_fraction, seed)
     if data is None:
+        if say is not None:
+            say("reading the site's images into its image cache (new data, changed files or other image settings)")
         fill_in_child(data_dir, state_dir, settings, classes)
         data = load_cached_site(data_dir, state_dir, settings, classes, val_fraction, seed)
     if data is None:
@@ -105,12 +110,15 @@ def _child() -> int:
     for the ValueErrors `load_dicom_site` words itself; of any other error, which may
     quote a path or header value, only its type and where it arose are printed."""
     request = json.loads(sys.stdin.read())
+    _end_with_parent(int(request["parent"]))
     from .site import fill_cache
 
     try:
         fill_cache(request["data_dir"], request["state_dir"], ImageSettings.from_dict(request["settings"]),
                    request["classes"])
         answer: dict[str, str] = {}
+    except KeyboardInterrupt:  # Ctrl-C at the site's terminal reaches this child too
+        return 130
     except Exception as exc:  # noqa: BLE001 — every failure is answered, sanitised
         worded = isinstance(exc, ValueError)
         answer = {"error": str(exc) if worded else "", "kind": "ValueError" if worded else type(exc).__name__}
@@ -121,6 +129,20 @@ def _child() -> int:
                   "(message withheld: it may quote site data)", file=sys.stderr, flush=True)
     print(json.dumps(answer), flush=True)
     return 0
+
+
+_PR_SET_PDEATHSIG = 1  # Linux prctl(): a signal for this process when its parent ends
+
+
+def _end_with_parent(parent: int) -> None:
+    """Stop when the executor does (Linux): a fill left running after the site stopped
+    would write the cache beside the next start's own fill."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the signal was asked for
+        sys.exit(1)
 
 
 if __name__ == "__main__":
