@@ -78,6 +78,17 @@ def _give_back_large_buffers() -> None:
         pass
 
 
+def _return_free_heap() -> None:
+    """Give the heap's free pages back to the system once a task is done (glibc's
+    malloc_trim; elsewhere nothing). A round leaves freed memory inside the heap, below
+    its top, that glibc keeps resident for reuse: measured 8-16 MiB per executor after a
+    `cnn` round, for about 1 ms; the next round's first steps take it back."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _client(address: str, *interceptors) -> RuntimeHttpClient:
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=True, root_certificates=None,
@@ -134,6 +145,7 @@ def run_task(address: str, token: str, approval: AppApproval, client_app,
         finally:
             heartbeat.stop()
             client.close()
+            _return_free_heap()
 
 
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"

@@ -32,18 +32,22 @@ def default_state_dir(site: str) -> Path:
 
 
 def dicom_site(name: str, data_dir: Path, state_dir: Path, privacy: PrivacyPolicy = PrivacyPolicy()) -> Site:
-    """A site whose data is a DICOM folder (labels.csv or class sub-folders)."""
+    """A site whose data is a DICOM folder (labels.csv or class sub-folders). Its images
+    are read from the site's image cache; a short-lived child scans and decodes the
+    folder first when it changed (`fedmed.client.sitedata.fill`), so the process that
+    trains never loads pydicom."""
 
     def load(config: FederationConfig):
-        from fedmed.client.sitedata import load_dicom_site
+        from fedmed.client.sitedata.fill import load_site
 
-        return load_dicom_site(
+        return load_site(
             data_dir,
             state_dir,
             config.image,
             config.classes,
             val_fraction=config.val_fraction,
             seed=config.seed,
+            say=lambda line: print(f"[fedmed site {name}] {line}", flush=True),
         )
 
     return Site(name=name, state_dir=state_dir, load_data=load, privacy=privacy)

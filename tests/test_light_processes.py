@@ -4,7 +4,8 @@ seconds of start-up and hundreds of MB in every process that imports it. The lau
 which supervise a site or the coordinator for the whole run, hold neither Flower nor
 pydicom: their checks run in short-lived children. A site's executor,
 which trains, does so without torch's compiler (`torch._dynamo`, about 100 MB: what
-`torch.optim` and torchvision load) and, with DP off, without Opacus."""
+`torch.optim` and torchvision load), with DP off without Opacus, and without pydicom:
+a short-lived child reads the site's DICOM files into its image cache."""
 
 from __future__ import annotations
 
@@ -127,6 +128,34 @@ def test_training_round_leaves_out_the_compiler(cases, expected):
     trains `cnn` therefore never loads it, and with DP off it never loads Opacus: a torch,
     Opacus or torchvision upgrade that changes this fails here."""
     assert _heavy_modules(ROUNDS.format(cases=cases)) == expected
+
+
+# A DICOM site's rounds as its executor runs them: round 1 on a fresh state folder (a
+# child scans the folder and fills the image cache), round 2 from the cache alone.
+DICOM_ROUNDS = ROUNDS.split("state = Path(tempfile.mkdtemp())")[0] + """
+from fedmed.client.site import dicom_site
+config = FederationConfig(rounds=2, epochs=1, batch_size=16, image=ImageSettings(size=16), seed=1)
+site = dicom_site("A", Path({data!r}), Path(tempfile.mkdtemp()), PrivacyPolicy(enabled=False))
+round_trip(site, config, 1)
+import fedmed.client.app as client_app
+client_app._DATA_MEMO.clear()  # as a restarted executor: the next round reads the cache
+round_trip(site, config, 2)
+data = site.load_data(config)
+assert data.skipped.counts.get("not a DICOM file") == 1, data.skipped.counts
+"""
+
+
+def test_a_dicom_site_trains_without_pydicom(synthetic_sites, tmp_path):
+    """pydicom and its image plugins (about 12 MB) would stay in the executor for the
+    whole run; the scan and decode run in a child (`fedmed.client.sitedata.fill`), whose
+    bad-file reasons still reach the site's skip report."""
+    import shutil
+
+    data = tmp_path / "A"
+    shutil.copytree(synthetic_sites / "A", data)
+    (data / "notes.dcm").write_bytes(b"not a DICOM file")
+    assert _heavy_modules(DICOM_ROUNDS.format(data=str(data)),
+                          HEAVY + ("pydicom", "PIL", "fedmed.client.sitedata.scan")) == "torch"
 
 
 def test_fedmeds_processes_get_one_malloc_arena(monkeypatch):

@@ -87,3 +87,19 @@ def test_scatternet_freezing_rules_find_its_head():
     model = build_model("scatternet", 2, 28)
     assert apply_freeze(model, "body") == 81 * 7 * 7 * 2 + 2
     assert apply_freeze(model, "all-but-last-block") == 2 * 81 + 81 * 7 * 7 * 2 + 2
+
+
+@pytest.mark.parametrize("name", ["cnn", "dpcnn", "resnet18", "scatternet"])
+def test_scores_do_not_depend_on_the_prediction_batch(name):
+    """A site scores its validation split `PREDICT_BATCH` images at a time to keep its peak
+    memory low; the scores, and so every figure it releases, are those of one large batch."""
+    import numpy as np
+
+    from fedmed.client.training import PREDICT_BATCH, predict_proba
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=2, image_size=28)
+    x = np.random.default_rng(0).normal(size=(100, 1, 28, 28)).astype(np.float32)
+    cpu = torch.device("cpu")
+    assert np.array_equal(predict_proba(model, x, cpu, batch_size=PREDICT_BATCH),
+                          predict_proba(model, x, cpu, batch_size=256))

@@ -6,35 +6,50 @@
   MONOCHROME1, palette, luma, projection, resize, normalise).
 - `pipeline`: `preprocess_images` / `load_images` (and the one-image `preprocess` /
   `load_image`), the steps in order.
+- `version`: `PIPELINE_VERSION`, the chain's name that image caches are keyed by.
 - `quiet`: keeps pydicom's warnings and logs, which may quote header values, out of logs.
+
+The names below are loaded on first use: a site's executor reads its image cache (which
+needs `PIPELINE_VERSION` only) without loading pydicom, whose decoding runs in a
+short-lived child (`fedmed.client.sitedata.fill`).
 """
 
-from .decode import (
-    check_image_header,
-    frame_count,
-    image_kind,
-    is_colour,
-    pixel_array,
-    read_dicom,
-    syntax_name,
-)
-from .pipeline import PIPELINE_VERSION, load_image, load_images, preprocess, preprocess_images
-from .quiet import quiet_pydicom
-from .unusable import UnusableImage
+from __future__ import annotations
 
-__all__ = [
-    "PIPELINE_VERSION",
-    "UnusableImage",
-    "check_image_header",
-    "frame_count",
-    "image_kind",
-    "is_colour",
-    "load_image",
-    "load_images",
-    "pixel_array",
-    "preprocess",
-    "preprocess_images",
-    "quiet_pydicom",
-    "read_dicom",
-    "syntax_name",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_HOMES = {
+    "check_image_header": "decode",
+    "frame_count": "decode",
+    "image_kind": "decode",
+    "is_colour": "decode",
+    "pixel_array": "decode",
+    "read_dicom": "decode",
+    "syntax_name": "decode",
+    "PIPELINE_VERSION": "version",
+    "load_image": "pipeline",
+    "load_images": "pipeline",
+    "preprocess": "pipeline",
+    "preprocess_images": "pipeline",
+    "quiet_pydicom": "quiet",
+    "UnusableImage": "unusable",
+}
+
+__all__ = sorted(_HOMES)
+
+if TYPE_CHECKING:
+    from .decode import check_image_header, frame_count, image_kind, is_colour, pixel_array, read_dicom, syntax_name
+    from .pipeline import load_image, load_images, preprocess, preprocess_images
+    from .quiet import quiet_pydicom
+    from .unusable import UnusableImage
+    from .version import PIPELINE_VERSION
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

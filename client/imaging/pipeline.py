@@ -25,11 +25,9 @@ from fedmed.common.settings import ImageSettings
 
 from . import steps
 from .decode import check_image_header, decode_frame, frame_count, image_kind, read_dicom
+from .version import PIPELINE_VERSION
 
 __all__ = ["PIPELINE_VERSION", "load_image", "load_images", "preprocess", "preprocess_images"]
-
-# Change whenever a step's output changes, so that cached arrays are rebuilt.
-PIPELINE_VERSION = "2"
 
 
 def preprocess_images(ds: Dataset, settings: ImageSettings) -> np.ndarray:

@@ -29,25 +29,13 @@ from pydicom.dataset import Dataset
 
 from fedmed.client.imaging import UnusableImage, check_image_header, quiet_pydicom, read_dicom
 
+from .files import SiteFile, list_files
 from .labels import LABELS_FILE, LabelTable, read_labels_csv, resolve_label
 from .report import SkipReport
 
 __all__ = ["UNREADABLE_FOLDER", "SiteFile", "list_files", "patient_key", "scan_site"]
 
 UNREADABLE_FOLDER = "unreadable folder"
-
-
-@dataclass(frozen=True)
-class SiteFile:
-    """A usable, labelled image file of a site. Stays at the site."""
-
-    relpath: str  # relative to the site folder, POSIX separators
-    size: int
-    mtime_ns: int
-    sop_uid: str
-    patient: str  # grouping key for the split: "patient:<PatientID>", "study:..." or "image:..."
-    label: int  # index into the class list
-    modality: str = ""  # the header's Modality code ("" when absent)
 
 
 @dataclass(frozen=True)
@@ -123,34 +111,6 @@ def scan_site(
         files.append(SiteFile(header.relpath, header.size, header.mtime_ns, header.sop_uid,
                               header.patient, label, header.modality))
     return files, report
-
-
-def list_files(root: Path, exclude: Iterable[str | os.PathLike[str]] = ()) -> tuple[list[str], list[str]]:
-    """(every candidate file below `root`, sorted; every sub-folder that could not be
-    listed, as "relative/path/"), both relative with POSIX separators."""
-    root = Path(root)
-    skip = [Path(p).resolve() for p in exclude]
-    unreadable: list[str] = []
-
-    def failed(error: OSError) -> None:
-        where = Path(error.filename or root)
-        rel = where.relative_to(root).as_posix() if where != root else "."
-        unreadable.append(rel + "/")
-
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=failed):
-        here = Path(dirpath)
-        dirnames[:] = [
-            d for d in dirnames
-            if not d.startswith(".") and d != "__MACOSX" and (here / d).resolve() not in skip
-        ]
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            rel = (here / name).relative_to(root).as_posix()
-            if rel != LABELS_FILE:
-                found.append(rel)
-    return sorted(found), sorted(unreadable)
 
 
 def _read_header(root: Path, rel: str, report: SkipReport, read_uids: set[str]) -> _Header | None:

@@ -1,17 +1,15 @@
 """A site's DICOM data as training and validation arrays.
 
-`load_dicom_site` = `scan_site` (headers only) -> cache lookup -> decode and preprocess
-what the cache lacks -> patient-level split. It never stops at a bad file: every file
-left out is counted in the returned `SkipReport` with its reason.
+`load_dicom_site` = `fill_cache` (`scan_site`, headers only -> cache lookup -> decode and
+preprocess what the cache lacks) -> `assemble_site` (patient-level split). It never stops
+at a bad file: every file left out is counted in the returned `SkipReport` with its
+reason. A site's executor runs `fill_cache` in a child instead (`fill.load_site`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,38 +17,13 @@ import numpy as np
 from fedmed.client.imaging import UnusableImage, load_images
 from fedmed.common.settings import ImageSettings
 
-from .cache import CachedImages, cache_key, load_cached, save_cached
+from .cache import CachedImages, ScanRecord, cache_key, listing_key, load_cached, save_cached
+from .dataset import OTHER_MODALITY, SiteData, assemble_site, data_fingerprint, patient_fingerprint
+from .files import SiteFile
 from .report import SkipReport
-from .scan import SiteFile, scan_site
-from .split import split_by_patient
+from .scan import scan_site
 
-__all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "load_dicom_site", "patient_fingerprint"]
-
-OTHER_MODALITY = "modality not in the run's list"
-
-
-@dataclass
-class SiteData:
-    """A site's preprocessed images, split by patient. Stays at the site.
-
-    fingerprint: sha256 hex identifying the site's data set (see `data_fingerprint`),
-        for the site's privacy ledger.
-    train_patients: the patient of each training image (stays at the site), for
-        per-patient DP; None where the data has no patients.
-    patient_fingerprint: sha256 hex over the site's patients (`patient_fingerprint`), the
-        ledger's data set when the privacy unit is the patient.
-    """
-
-    classes: tuple[str, ...]
-    train_x: np.ndarray  # float32 (N, 1, S, S)
-    train_y: np.ndarray  # int64 (N,)
-    val_x: np.ndarray
-    val_y: np.ndarray
-    num_patients: dict[str, int]  # {"train": .., "val": ..}
-    skipped: SkipReport
-    fingerprint: str
-    train_patients: np.ndarray | None = None
-    patient_fingerprint: str | None = None
+__all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "fill_cache", "load_dicom_site", "patient_fingerprint"]
 
 
 def load_dicom_site(
@@ -72,63 +45,49 @@ def load_dicom_site(
     ValueError for a folder without labels, a malformed labels.csv, or no usable image.
     """
     classes = tuple(classes)
-    if not classes:
-        raise ValueError("classes: expected at least one class name, got none")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
+    files, skipped, cached = fill_cache(data_dir, state_dir, settings, classes, progress)
+    return assemble_site(Path(data_dir), files, skipped, cached, settings, classes, val_fraction, seed)
+
+
+def fill_cache(
+    data_dir: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    settings: ImageSettings,
+    classes: Sequence[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[SiteFile], SkipReport, CachedImages]:
+    """Scan the folder, and decode and cache what the cache lacks: (the usable labelled
+    files, what the scan skipped, their cached images). The cache is written with its
+    scan record (`ScanRecord`), so that a later load of the unchanged folder needs no
+    scan (`fill.load_cached_site`).
+
+    Raises ValueError for a folder without labels or a malformed labels.csv.
+    """
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError("classes: expected at least one class name, got none")
     root = Path(data_dir)
+    # Before the scan: a file changed while it is read then leaves a record no later
+    # listing matches.
+    listing = listing_key(root, classes, settings, exclude=[state_dir])
     files, skipped = scan_site(root, classes, exclude=[state_dir])
+    scan = ScanRecord(listing, files, list(skipped.files))
 
     key = cache_key(files, classes, settings)
     cached = load_cached(state_dir, key, len(files))
     if cached is None:
         cached = _decode_all(root, files, settings, progress)
+        cached.scan = scan
         save_cached(state_dir, key, cached)
-    elif progress is not None:
-        progress(len(files), len(files))
-
-    usable = [f for f, reason in zip(files, cached.reasons) if not reason]
-    for f, reason in zip(files, cached.reasons):
-        if reason:
-            skipped.add(f.relpath, reason)
-    if not usable:
-        counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.counts.items()))
-        raise ValueError(f"{root}: no usable labelled image (skipped: {counts or 'none'})")
-
-    # The fingerprint names every usable image, before the run's modality list picks some:
-    # a run's choice never makes the same images another data set with a fresh budget.
-    fingerprint = data_fingerprint(usable)
-    counts = list(cached.counts)
-    if settings.modalities:
-        for i, f in enumerate(files):
-            if counts[i] and f.modality not in settings.modalities:
-                skipped.add(f.relpath, OTHER_MODALITY)
-                counts[i] = 0
-        if not any(counts):
-            raise ValueError(f"{root}: no labelled image of the run's modalities "
-                             f"{', '.join(settings.modalities)} (skipped: {skipped.counts.get(OTHER_MODALITY, 0)} "
-                             "of another modality)")
-    # One entry per image: a multi-frame file under the "all" policy repeats its label and
-    # its patient, so all its frames fall on the same side of the split.
-    per_image = [f for f, n in zip(files, counts) for _ in range(n)]
-    images = cached.images[np.repeat([c > 0 for c in counts], cached.counts)]
-    labels = np.asarray([f.label for f in per_image], dtype=np.int64)
-    train, val = split_by_patient([f.patient for f in per_image], val_fraction, seed)
-    return SiteData(
-        classes=classes,
-        train_x=images[train],
-        train_y=labels[train],
-        val_x=images[val],
-        val_y=labels[val],
-        num_patients={
-            "train": len({per_image[i].patient for i in train}),
-            "val": len({per_image[i].patient for i in val}),
-        },
-        skipped=skipped,
-        fingerprint=fingerprint,
-        train_patients=np.asarray([per_image[i].patient for i in train], dtype=object),
-        patient_fingerprint=patient_fingerprint(usable),
-    )
+    else:
+        if progress is not None:
+            progress(len(files), len(files))
+        if cached.scan != scan:  # the same images, found by another scan (or none kept)
+            cached.scan = scan
+            save_cached(state_dir, key, cached)
+    return files, skipped, cached
 
 
 def _decode_all(
@@ -160,23 +119,3 @@ def _decode_all(
     else:
         images = np.empty((0, 1, settings.size, settings.size), dtype=np.float32)
     return CachedImages(np.ascontiguousarray(images, dtype=np.float32), reasons, counts)
-
-
-def data_fingerprint(files: Sequence[SiteFile]) -> str:
-    """sha256 hex over the sorted SOPInstanceUIDs of every usable image at the site, train
-    and validation alike. It names the data set the privacy ledger is spent on, so it must
-    not change with anything a run chooses: another seed or validation fraction moves
-    images between the splits, another image size or label mapping changes how they are
-    presented — none of that makes them other people's images, and none of it may reset
-    a site's budget. Stays at the site."""
-    uids = sorted(f.sop_uid for f in files)
-    return hashlib.sha256(json.dumps(uids).encode()).hexdigest()
-
-
-def patient_fingerprint(files: Sequence[SiteFile]) -> str:
-    """sha256 hex over the sorted patients of every usable image at the site. With the
-    patient as privacy unit the ledger is spent on patients: new images of the same
-    patients leave it unchanged (their budget carries on), a new patient makes a new data
-    set. Stays at the site."""
-    patients = sorted({str(f.patient) for f in files})
-    return hashlib.sha256(json.dumps(["patients", patients]).encode()).hexdigest()
