@@ -53,7 +53,7 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 from fedmed.client.app_approval import AppApproval
 from fedmed.client.confirmed_messages import clear_stale, wait_for
 from fedmed.client.runtime_secret import read_runtime_secret
-from fedmed.client.task_signal import TaskSignal
+from fedmed.client.task_signal import TaskSignal, state_dir_of
 from fedmed.common.protocol import SITE_KEY, SiteStatus
 
 POLL_SECONDS = 0.5  # without a wake-up pipe
@@ -162,7 +162,7 @@ def serve(address: str, approval: AppApproval, wake: Path | None = None, secret:
 
     signal = TaskSignal(wake) if wake is not None else None
     if wake is not None:
-        clear_stale(wake.parent)
+        clear_stale(state_dir_of(wake))
     signer = [SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK})] if secret else []
     acquirer = _client(address, *signer)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
@@ -173,7 +173,7 @@ def serve(address: str, approval: AppApproval, wake: Path | None = None, secret:
             # dropped the message of a run the coordinator stopped, e.g. after a restart)
             # waits out Flower's pull timeout there instead of blocking the next run.
             threading.Thread(target=run_task, args=(address, response.token, approval, client_app,
-                                                    None if wake is None else wake.parent),
+                                                    None if wake is None else state_dir_of(wake)),
                              name=f"task-{response.task.task_id}", daemon=True).start()
         elif signal is not None:
             signal.wait(IDLE_CHECK_S)

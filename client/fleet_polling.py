@@ -204,7 +204,7 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
     from flwr.supernode import start_client_internal as loop
 
     from fedmed.client.confirmed_messages import mark
-    from fedmed.client.task_signal import notify
+    from fedmed.client.task_signal import notify, state_dir_of
     from fedmed.common.object_pulls import quick_retry
 
     check_flower_internals()
@@ -232,7 +232,7 @@ def install(wake: Path | None, pacing: FleetPacing | None = None) -> FleetPacing
             def confirm_and_wake(run_id, message_id, *a, **kw):
                 confirm(run_id, message_id, *a, **kw)
                 if wake is not None:
-                    mark(wake.parent, message_id)  # the executor runs only confirmed messages
+                    mark(state_dir_of(wake), message_id)  # the executor runs only confirmed messages
                     notify(wake)
 
             yield (node_id, paced_receive, send_reply, get_run, get_fab, quick_retry(pull_object),

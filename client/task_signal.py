@@ -25,6 +25,12 @@ def signal_path(state_dir: Path) -> Path:
     return Path(state_dir) / FILE_NAME
 
 
+def state_dir_of(path: Path) -> Path:
+    """The site's state folder that holds the pipe `path` (`signal_path`'s inverse): both
+    sides of the pipe keep other per-site markers there (`confirmed_messages`)."""
+    return Path(path).parent
+
+
 def notify(path: Path) -> bool:
     """Wake whoever waits on `path`; False (and nothing else) when no one does."""
     try:
