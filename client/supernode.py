@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmed.client import fleet_polling
+from fedmed.client.child_request import ask_child
 from fedmed.client.privacy.policy import PrivacyPolicy
 from fedmed.client.join_check import DEFAULT_GIVE_UP_AFTER, JoinCheck, JoinError
 from fedmed.client.site import default_state_dir
@@ -173,13 +173,10 @@ def preflight_in_child(options: ClientOptions, classes: tuple[str, ...]) -> str:
     runs -- then never holds. The same summary line, or the same ClientSetupError."""
     request = {"site": options.site, "data_dir": str(options.data_dir), "classes": list(classes),
                "state_dir": None if options.state_dir is None else str(options.state_dir)}
-    done = subprocess.run([sys.executable, "-m", "fedmed.client.supernode"], input=json.dumps(request),
-                          stdout=subprocess.PIPE, text=True)
-    try:
-        answer = json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise ClientSetupError(f"--data {options.data_dir}: the data check stopped (exit {done.returncode}, "
-                               f"see above); run `fedmed data check {options.data_dir}`") from None
+    answer, code = ask_child("fedmed.client.supernode", request)
+    if answer is None:
+        raise ClientSetupError(f"--data {options.data_dir}: the data check stopped (exit {code}, "
+                               f"see above); run `fedmed data check {options.data_dir}`")
     if "error" in answer:
         raise ClientSetupError(answer["error"])
     return answer["line"]

@@ -139,19 +139,26 @@ def test_bad_input_is_one_clear_line(args, message):
     assert message in result.output, result.output
 
 
-def test_augmentation_options_reach_the_federation_config(tmp_path, monkeypatch, synthetic_sites):
-    captured = {}
+@pytest.fixture
+def captured(monkeypatch):
+    """The FederationConfig `simulate` and `server start` would run with, by command;
+    neither runs."""
+    seen = {}
 
     def fake_simulate(sites, config, out, **kwargs):
-        captured["simulate"] = config
+        seen["simulate"] = config
         return {"status": "completed"}
 
     def fake_start_server(options):
-        captured["server"] = options.config
+        seen["server"] = options.config
         return 0
 
     monkeypatch.setattr("fedmed.simulations.runner.simulate", fake_simulate)
     monkeypatch.setattr("fedmed.server.deployment.start_server", fake_start_server)
+    return seen
+
+
+def test_augmentation_options_reach_the_federation_config(tmp_path, captured, synthetic_sites):
     result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim"),
                                  "--no-augment", "--flips", "--augment-views", "3"])
     assert result.exit_code == 0, result.output
@@ -208,19 +215,7 @@ def _strategy_and_dp(config):
     return tuple(getattr(config, name) for name in STRATEGY_AND_DP_FIELDS)
 
 
-def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, monkeypatch, synthetic_sites):
-    captured = {}
-
-    def fake_simulate(sites, config, out, **kwargs):
-        captured["simulate"] = config
-        return {"status": "completed"}
-
-    def fake_start_server(options):
-        captured["server"] = options.config
-        return 0
-
-    monkeypatch.setattr("fedmed.simulations.runner.simulate", fake_simulate)
-    monkeypatch.setattr("fedmed.server.deployment.start_server", fake_start_server)
+def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, captured, synthetic_sites):
     result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim"),
                                  "--strategy", "fedavgm", "--server-lr", "0.5", "--server-momentum", "0.8",
                                  "--dp-batch-size", "256", "--dp-lr", "0.25", "--dp-momentum", "0.5"])

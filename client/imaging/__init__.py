@@ -16,8 +16,9 @@ short-lived child (`fedmed.client.sitedata.fill`).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedmed.client.lazy_names import lazy_names
 
 _HOMES = {
     "check_image_header": "decode",
@@ -46,10 +47,4 @@ if TYPE_CHECKING:
     from .version import PIPELINE_VERSION
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES, globals())

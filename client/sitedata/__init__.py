@@ -18,8 +18,9 @@ without pydicom (see `fill`).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedmed.client.lazy_names import lazy_names
 
 _HOMES = {
     "SiteData": "dataset",
@@ -47,10 +48,4 @@ if TYPE_CHECKING:
     from .split import split_by_patient
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES, globals())

@@ -19,12 +19,12 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fedmed.client.child_request import ask_child
 from fedmed.client.errors import SafeError
 from fedmed.common.settings import ImageSettings
 
@@ -70,13 +70,10 @@ def fill_in_child(data_dir: str | os.PathLike[str], state_dir: str | os.PathLike
     text names the folder or file: never sent upstream), CacheFillError otherwise."""
     request = {"data_dir": str(data_dir), "state_dir": str(state_dir), "settings": settings.to_dict(),
                "classes": list(classes), "parent": os.getpid()}
-    done = subprocess.run([sys.executable, "-m", "fedmed.client.sitedata.fill"], input=json.dumps(request),
-                          stdout=subprocess.PIPE, text=True)
-    try:
-        answer = json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise CacheFillError(f"the child reading the site's images into its cache stopped (exit "
-                             f"{done.returncode}); see the lines above") from None
+    answer, code = ask_child("fedmed.client.sitedata.fill", request)
+    if answer is None:
+        raise CacheFillError(f"the child reading the site's images into its cache stopped (exit {code}); "
+                             "see the lines above")
     if "error" in answer:
         if answer["kind"] == "ValueError":
             raise ValueError(answer["error"])

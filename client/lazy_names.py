@@ -1,0 +1,27 @@
+"""A package's names loaded from their submodules on first use.
+
+Some of the site's packages hold names whose submodules import heavy libraries (pydicom
+and its image plugins); the site's executor must be able to import the light ones alone.
+A package lists where each name lives and installs `lazy_names` as its module-level
+`__getattr__` (PEP 562), which imports the submodule only when the name is first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_names(package: str, homes: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A `__getattr__` for `package` that imports `homes[name]` on first use and keeps the
+    value in `namespace` (the package's globals), so later lookups skip it."""
+    def __getattr__(name: str) -> Any:
+        home = homes.get(name)
+        if home is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{home}"), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
