@@ -17,7 +17,7 @@ from fedmed.cli.certs import certs_app
 from fedmed.cli.enroll import server_enroll
 from fedmed.cli.config_files import apply_config_file, write_examples
 from fedmed.cli.model_tools import Freeze, InitFrom, transfer_start
-from fedmed.common.federation import MODEL_NAMES, STRATEGIES, FederationConfig, parse_classes
+from fedmed.common.federation import MODEL_NAMES, STRATEGIES, STRATEGY_SETTINGS, FederationConfig, parse_classes
 from fedmed.common.interrupts import EXIT_INTERRUPTED, exit_now
 from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 
@@ -141,6 +141,18 @@ def _refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
     if given:
         _fail(f"{', '.join(given)}: {why}; drop {'it' if len(given) == 1 else 'them'}")
+
+
+def _refuse_unused(ctx: typer.Context, config: FederationConfig) -> None:
+    """Settings given on the command line that the run's strategy or augmentation leaves
+    unused are an error: the user meant something the run would not do."""
+    for name in ("server_lr", "server_momentum"):
+        if name not in STRATEGY_SETTINGS[config.strategy]:
+            users = [s for s, settings in STRATEGY_SETTINGS.items() if name in settings]
+            _refuse_given(ctx, [name], f"only --strategy {' or '.join(users)} uses it, this run's strategy is "
+                                       f"{config.strategy}")
+    if not config.augment:
+        _refuse_given(ctx, ["flips", "augment_views"], "augmentation is off (--no-augment)")
 
 
 def _window(text: Optional[str]) -> tuple[float, float] | None:
@@ -299,6 +311,7 @@ def simulate(
                          augment, flips, augment_views, strategy=strategy, server_lr=server_lr,
                          server_momentum=server_momentum, dp_batch_size=dp_batch_size, dp_lr=dp_lr,
                          dp_momentum=dp_momentum)
+    _refuse_unused(ctx, config)
     if data is not None:
         try:
             check_dicom_sites(data, config.classes)
@@ -399,6 +412,8 @@ def server_start(
                                              augment, flips, augment_views, strategy=strategy,
                                              server_lr=server_lr, server_momentum=server_momentum,
                                              dp_batch_size=dp_batch_size, dp_lr=dp_lr, dp_momentum=dp_momentum)
+    if config is not None:
+        _refuse_unused(ctx, config)
     try:
         options = ServerOptions(out_dir=resume or out, config=config, address=address, insecure=insecure,
                                 certs=certs, sites_dir=sites_dir, resume=resume is not None,

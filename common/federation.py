@@ -18,6 +18,8 @@ from fedmed.common.settings import DEFAULT_CLASSES, ImageSettings
 MODEL_NAMES = ("cnn", "dpcnn", "resnet18", "scatternet")
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
+# The server-side settings each strategy reads; the others leave them unused.
+STRATEGY_SETTINGS = {"fedavg": (), "fedavgm": ("server_momentum",), "fedadam": ("server_lr",)}
 
 
 @dataclass(frozen=True)

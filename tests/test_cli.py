@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedmed.cli.main import app
+from fedmed.common.federation import FederationConfig
 
 runner = CliRunner()
 
@@ -160,19 +161,19 @@ def captured(monkeypatch):
 
 def test_augmentation_options_reach_the_federation_config(tmp_path, captured, synthetic_sites):
     result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim"),
-                                 "--no-augment", "--flips", "--augment-views", "3"])
+                                 "--augment", "--flips", "--augment-views", "3"])
     assert result.exit_code == 0, result.output
     config = captured["simulate"]
-    assert (config.augment, config.flips, config.augment_views) == (False, True, 3)
+    assert (config.augment, config.flips, config.augment_views) == (True, True, 3)
 
     # The config file reaches them too (keys are the flag names), and a flag overrides it.
     federation = tmp_path / "federation.toml"
     federation.write_text("augment = false\nflips = true\naugment-views = 4\n")
     result = runner.invoke(app, ["server", "start", "--insecure", "--out", str(tmp_path / "srv"),
-                                 "--config", str(federation), "--augment-views", "2"])
+                                 "--config", str(federation), "--augment", "--augment-views", "2"])
     assert result.exit_code == 0, result.output
     config = captured["server"]
-    assert (config.augment, config.flips, config.augment_views) == (False, True, 2)
+    assert (config.augment, config.flips, config.augment_views) == (True, True, 2)
 
     # The defaults are the config's own.
     from fedmed.common.federation import FederationConfig
@@ -217,16 +218,16 @@ def _strategy_and_dp(config):
 
 def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, captured, synthetic_sites):
     result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim"),
-                                 "--strategy", "fedavgm", "--server-lr", "0.5", "--server-momentum", "0.8",
+                                 "--strategy", "fedavgm", "--server-momentum", "0.8",
                                  "--dp-batch-size", "256", "--dp-lr", "0.25", "--dp-momentum", "0.5"])
     assert result.exit_code == 0, result.output
-    assert _strategy_and_dp(captured["simulate"]) == ("fedavgm", 0.5, 0.8, 256, 0.25, 0.5)
+    assert _strategy_and_dp(captured["simulate"]) == ("fedavgm", FederationConfig().server_lr, 0.8, 256, 0.25, 0.5)
 
     result = runner.invoke(app, ["server", "start", "--insecure", "--out", str(tmp_path / "srv0"),
-                                 "--strategy", "fedadam", "--server-lr", "0.03", "--server-momentum", "0",
+                                 "--strategy", "fedadam", "--server-lr", "0.03",
                                  "--dp-batch-size", "64", "--dp-lr", "2", "--dp-momentum", "0.9"])
     assert result.exit_code == 0, result.output
-    assert _strategy_and_dp(captured["server"]) == ("fedadam", 0.03, 0.0, 64, 2.0, 0.9)
+    assert _strategy_and_dp(captured["server"]) == ("fedadam", 0.03, FederationConfig().server_momentum, 64, 2.0, 0.9)
 
     # The config file reaches them too (keys are the flag names), and a flag overrides it.
     federation = tmp_path / "federation.toml"
@@ -238,8 +239,6 @@ def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, ca
     assert _strategy_and_dp(captured["server"]) == ("fedadam", 0.1, 0.5, 128, 0.7, 0.3)
 
     # The defaults are the config's own.
-    from fedmed.common.federation import FederationConfig
-
     result = runner.invoke(app, ["simulate", "--data", str(synthetic_sites), "--out", str(tmp_path / "sim2")])
     assert result.exit_code == 0, result.output
     assert _strategy_and_dp(captured["simulate"]) == _strategy_and_dp(FederationConfig())
@@ -263,6 +262,12 @@ def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, ca
     (["server", "start", "--resume", "x", "--server-lr", "0.1", "--dp-batch-size", "64", "--dp-lr", "0.5",
       "--dp-momentum", "0.1"],
      "--server-lr, --dp-batch-size, --dp-lr, --dp-momentum: a resumed run keeps the training settings"),
+    (["server", "start", "--insecure", "--out", "x", "--strategy", "fedavgm", "--server-lr", "0.5"],
+     "error: --server-lr: only --strategy fedadam uses it, this run's strategy is fedavgm; drop it"),
+    (["server", "start", "--insecure", "--out", "x", "--server-momentum", "0.5"],
+     "error: --server-momentum: only --strategy fedavgm uses it, this run's strategy is fedavg; drop it"),
+    (["server", "start", "--insecure", "--out", "x", "--no-augment", "--flips", "--augment-views", "2"],
+     "error: --flips, --augment-views: augmentation is off (--no-augment); drop them"),
 ])
 def test_bad_strategy_and_dp_recipe_options_are_one_clear_line(args, message):
     result = runner.invoke(app, args, terminal_width=300)

@@ -14,7 +14,8 @@ FEDAVGM_SERVER_LR = 1.0
 
 def build_strategy(config: FederationConfig, **observers) -> SiteAwareFedAvg:
     """`fedavg` (default), `fedavgm` or `fedadam`, with the run's quorum, the rounds whose
-    evaluations the operating threshold pools, and the given observers."""
+    evaluations the operating threshold pools, and the given observers; each reads the
+    server settings `STRATEGY_SETTINGS` names for it."""
     observers.setdefault("threshold_pool_from", threshold_pool_start(config.rounds))
     if config.strategy == "fedavgm":
         return SiteAwareFedAvgM(min_sites=config.min_sites, server_momentum=config.server_momentum,
