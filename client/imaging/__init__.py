@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedmed.client.lazy_names import lazy_names
+from fedmed.common.lazy_names import lazy_names
 
 _HOMES = {
     "check_image_header": "decode",

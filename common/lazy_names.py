@@ -1,8 +1,10 @@
 """A package's names loaded from their submodules on first use.
 
-Some of the site's packages hold names whose submodules import heavy libraries (pydicom
-and its image plugins); the site's executor must be able to import the light ones alone.
-A package lists where each name lives and installs `lazy_names` as its module-level
+Some packages hold names whose submodules import heavy libraries: the site's image
+pipeline (pydicom and its plugins), the coordinator's strategies (Flower's ServerApp). A
+long-lived process that needs only the light names (a site's executor reading its image
+cache, `fedmed server start` reading update limits) must be able to import them alone. A
+package lists where each name lives and installs `lazy_names` as its module-level
 `__getattr__` (PEP 562), which imports the submodule only when the name is first asked for.
 """
 
