@@ -30,7 +30,9 @@ from fedmed.common.settings import ImageSettings
 
 from .cache import listing_key, load_listed
 from .dataset import SiteData, assemble_site
+from .labels import check_classes
 from .report import SkipReport
+from .split import check_val_fraction
 
 __all__ = ["CacheFillError", "fill_in_child", "load_cached_site", "load_site"]
 
@@ -39,19 +41,13 @@ class CacheFillError(SafeError, RuntimeError):
     """The child that fills the site's image cache failed; the text names no site data."""
 
 
-def _check(classes: tuple[str, ...], val_fraction: float) -> None:
-    if not classes:
-        raise ValueError("classes: expected at least one class name, got none")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
-
-
 def load_cached_site(data_dir: str | os.PathLike[str], state_dir: str | os.PathLike[str], settings: ImageSettings,
                      classes: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> SiteData | None:
     """The site's data set from its image cache, if the cache holds the scan of the folder
     as it is now; else None. Opens no file of the folder but labels.csv."""
     classes = tuple(classes)
-    _check(classes, val_fraction)
+    check_classes(classes)
+    check_val_fraction(val_fraction)
     root = Path(data_dir)
     cached = load_listed(state_dir, listing_key(root, classes, settings, exclude=[state_dir]), classes, settings)
     if cached is None or cached.scan is None:

@@ -38,6 +38,12 @@ class LabelTable:
     rows: tuple[LabelRow, ...]
 
 
+def check_classes(classes: Sequence[str]) -> None:
+    """A class list labels can be resolved against: at least one name."""
+    if not classes:
+        raise ValueError("classes: expected at least one class name, got none")
+
+
 def resolve_label(text: str, classes: Sequence[str]) -> int | None:
     """The class index a label names: an exact class name, a class name differing only in
     case or surrounding spaces, or an integer index; None when it names no class."""

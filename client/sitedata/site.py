@@ -20,8 +20,10 @@ from fedmed.common.settings import ImageSettings
 from .cache import CachedImages, ScanRecord, cache_key, listing_key, load_cached, save_cached
 from .dataset import OTHER_MODALITY, SiteData, assemble_site, data_fingerprint, patient_fingerprint
 from .files import SiteFile
+from .labels import check_classes
 from .report import SkipReport
 from .scan import scan_site
+from .split import check_val_fraction
 
 __all__ = ["OTHER_MODALITY", "SiteData", "data_fingerprint", "fill_cache", "load_dicom_site", "patient_fingerprint"]
 
@@ -45,8 +47,7 @@ def load_dicom_site(
     ValueError for a folder without labels, a malformed labels.csv, or no usable image.
     """
     classes = tuple(classes)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)  # before the scan, which a bad value would waste
     files, skipped, cached = fill_cache(data_dir, state_dir, settings, classes, progress)
     return assemble_site(Path(data_dir), files, skipped, cached, settings, classes, val_fraction, seed)
 
@@ -66,8 +67,7 @@ def fill_cache(
     Raises ValueError for a folder without labels or a malformed labels.csv.
     """
     classes = tuple(classes)
-    if not classes:
-        raise ValueError("classes: expected at least one class name, got none")
+    check_classes(classes)
     root = Path(data_dir)
     # Before the scan: a file changed while it is read then leaves a record no later
     # listing matches.

@@ -13,15 +13,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["split_by_patient"]
+__all__ = ["check_val_fraction", "split_by_patient"]
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """The share of images held out for validation: 0 (none) up to, not including, 1."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
 
 
 def split_by_patient(
     patients: Sequence[str], val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, val indices), each ascending, into `patients` (one key per image)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(patients):
         groups.setdefault(key, []).append(i)
