@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmed.common.certs import CertError, key_fingerprint, load_site_public_key
+from fedmed.common.file_replace import replace_text
 from fedmed.common.processes import executable, flower_env
 from fedmed.server.audit import AuditLog, current_user
 
@@ -84,10 +85,7 @@ def node_names(run_dir: Path) -> dict[int, str]:
 
 
 def _save(run_dir: Path, enrolled: dict[str, dict]) -> None:
-    path = Path(run_dir) / SITES_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(enrolled, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    replace_text(Path(run_dir) / SITES_FILE, json.dumps(enrolled, indent=2, sort_keys=True) + "\n")
 
 
 def _register_cmd(key: SiteKey, connection: str) -> list[str]:

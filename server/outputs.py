@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fedmed.common.checkpoint import EXTENSION, save_checkpoint
 from fedmed.common.federation import FederationConfig
+from fedmed.common.file_replace import replace_text
 from fedmed.common.metrics import METRIC_NAMES, aggregate_sites, threshold_pool_start
 from fedmed.common.operating_point import ARGMAX_RULE, SITES_RULE, threshold_from_round
 
@@ -76,9 +76,7 @@ def _weights(arrays: ArrayRecord) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

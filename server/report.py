@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from fedmed.common.file_replace import replace_text
 from fedmed.common.model_health import MIN_RATE, confusion_matrix
 from fedmed.common.model_health import finite_number as _num
 from fedmed.server.report_stats import auc_interval, class_counts, health_flags, wilson_interval
@@ -127,9 +128,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         plots.append(("Participation per round",
                       _save(_participation_figure(run), plots_dir / "participation.png")))
     page = run.run_dir / REPORT_FILE
-    tmp = page.with_suffix(".html.tmp")
-    tmp.write_text(_page(run, plots), encoding="utf-8")
-    os.replace(tmp, page)
+    replace_text(page, _page(run, plots))
     return page
 
 

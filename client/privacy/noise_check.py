@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
+
+from fedmed.common.file_replace import replace_text
 
 RUN_WARNING_RATIO = 0.25
 """Warn when the planned noise-to-signal ratio over the whole run is above this."""
@@ -89,10 +90,7 @@ def noise_to_signal(noise_multiplier: float, sample_rate: float, num_examples: i
 
 def keep_warning(state_dir: Path, run: str, text: str) -> None:
     """Keep a run's warning in the site's state folder (replacing an earlier run's)."""
-    path = Path(state_dir) / WARNING_FILE
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"run": run, "warning": text}))
-    os.replace(tmp, path)
+    replace_text(Path(state_dir) / WARNING_FILE, json.dumps({"run": run, "warning": text}))
 
 
 def kept_warning(state_dir: Path) -> tuple[str, str] | None:

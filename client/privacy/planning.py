@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from fedmed.common.file_replace import replace_text
 
 from .accounting import (
     ACCOUNTANT,
@@ -87,9 +88,7 @@ def load_plan(state_dir: Path) -> RunPlan | None:
 def save_plan(state_dir: Path, plan: RunPlan) -> None:
     path = Path(state_dir) / PLAN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(plan), indent=2))
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(asdict(plan), indent=2))
 
 
 def plan_release_noise(releases: int, epsilon_share: float, delta: float,
