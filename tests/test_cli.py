@@ -186,19 +186,6 @@ def test_augmentation_options_reach_the_federation_config(tmp_path, captured, sy
                                                                       default.augment_views)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["server", "start", "--insecure", "--out", "x", "--augment-views", "0"],
-     "error: augmentation views: expected 1 to 64, got 0"),
-    (["simulate", "--out", "x", "--data", ".", "--augment-views", "65"],
-     "error: augmentation views: expected 1 to 64, got 65"),
-    (["server", "start", "--resume", "x", "--no-augment", "--augment-views", "2"],
-     "--no-augment, --augment-views: a resumed run keeps the training settings it started with"),
-])
-def test_bad_augmentation_options_are_one_clear_line(args, message):
-    result = runner.invoke(app, args, terminal_width=300)
-    assert result.exit_code == 2 and message in result.output, result.output
-
-
 @pytest.mark.parametrize("command", [["pretrain"], ["simulate"], ["server", "start"]])
 def test_model_help_lists_the_models_that_can_be_built(command):
     from fedmed.common.models import _BUILDERS, MODEL_NAMES
@@ -245,6 +232,12 @@ def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, ca
 
 
 @pytest.mark.parametrize("args, message", [
+    (["server", "start", "--insecure", "--out", "x", "--augment-views", "0"],
+     "error: augmentation views: expected 1 to 64, got 0"),
+    (["simulate", "--out", "x", "--data", ".", "--augment-views", "65"],
+     "error: augmentation views: expected 1 to 64, got 65"),
+    (["server", "start", "--resume", "x", "--no-augment", "--augment-views", "2"],
+     "--no-augment, --augment-views: a resumed run keeps the training settings it started with"),
     (["server", "start", "--insecure", "--out", "x", "--strategy", "fedprox"],
      "error: strategy: expected one of fedavg, fedavgm, fedadam, got 'fedprox'"),
     (["simulate", "--out", "x", "--data", ".", "--server-lr", "0"],
@@ -269,7 +262,7 @@ def test_strategy_and_dp_recipe_options_reach_the_federation_config(tmp_path, ca
     (["server", "start", "--insecure", "--out", "x", "--no-augment", "--flips", "--augment-views", "2"],
      "error: --flips, --augment-views: augmentation is off (--no-augment); drop them"),
 ])
-def test_bad_strategy_and_dp_recipe_options_are_one_clear_line(args, message):
+def test_bad_training_options_are_one_clear_line(args, message):
     result = runner.invoke(app, args, terminal_width=300)
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
